@@ -1,0 +1,1 @@
+"""Thin shared package: data, metrics, runtime helpers and the job dispatcher."""

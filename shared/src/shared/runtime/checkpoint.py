@@ -1,0 +1,103 @@
+"""Atomic checkpoint save and safe (``weights_only=True``) load.
+
+A checkpoint holds plain types only::
+
+    {model, optimizer, scheduler, step, epoch, config (plain dict), model_args, versions, ...}
+
+``save_checkpoint`` writes to a temporary file in the same directory, fsyncs it and moves it over
+the target with ``os.replace``, so a run killed mid-write leaves the previous checkpoint intact.
+``load_checkpoint`` refuses pickled code (``weights_only=True``) and says so in plain words.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, corrupt, unsafe or from another model."""
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    expect: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    ``expect`` maps keys of the checkpoint's ``model_args`` to the values this run needs (for
+    example ``{"arch": "dpt_tiny", "num_classes": 10}``); a mismatch raises :class:`CheckpointError`
+    naming the key, instead of a wall of ``size mismatch`` messages from ``load_state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint not found: {path}. Check the path, or start without resume.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "GLOBAL" not in msg and "global" not in msg:
+            raise CheckpointError(f"Checkpoint {path} is corrupt or truncated (not a torch checkpoint). "
+                                  "Delete it or pick another.") from e
+        detail = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), msg.splitlines()[0])
+        raise CheckpointError(
+            f"Refusing to load {path}: it contains pickled Python objects (code), not just tensors and "
+            f"plain types, and loading it could run arbitrary code. Re-save it as a plain state dict. "
+            f"(torch said: {detail.strip()})"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated ({e}). Delete it or pick another.") from e
+    if expect:
+        have = ckpt.get("model_args", {}) if isinstance(ckpt, dict) else {}
+        for key, want in expect.items():
+            if key in have and have[key] != want:
+                raise CheckpointError(
+                    f"Checkpoint {path} is from another model: {key}={have[key]!r} there, but this run has "
+                    f"{key}={want!r}. Use a checkpoint of this model, or a fresh run directory."
+                )
+    return ckpt
+
+
+def find_resume(resume: str | bool | None, run_dir: str | os.PathLike, name: str = "last.pt") -> Path | None:
+    """Resolve a ``resume`` setting: ``auto`` -> ``run_dir/last.pt`` if it exists; a path -> that
+    file (must exist); ``null``/``false``/empty -> no resume."""
+    if resume in (None, False, "", "none", "null", "false", "False"):
+        return None
+    if resume in (True, "auto", "true", "True"):
+        p = Path(run_dir) / name
+        return p if p.is_file() else None
+    p = Path(str(resume))
+    if not p.is_file():
+        raise CheckpointError(f"resume={resume!r}: no such checkpoint file. Use resume=auto or a path to last.pt.")
+    return p
