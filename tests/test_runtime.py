@@ -159,3 +159,25 @@ def test_progress_lines_have_no_carriage_returns(caplog):
         p.postfix["loss"] = 1.5
     text = caplog.text
     assert "\r" not in text and "[3/3] 100%" in text and "eta" in text and "loss=1.5" in text
+
+
+def test_training_state_round_trips_with_weights_only(tmp_path):
+    """Everything `save_training_state` writes must load with weights_only=True (plain types only)."""
+    from shared.runtime import maybe_resume, save_training_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    save_training_state(tmp_path / "last.pt", model=model, optimizer=opt, scheduler=sched, step=5, epoch=1,
+                        cfg={"lr": 0.1}, model_args={"arch": "linear"})
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.CosineAnnealingLR(opt2, 10)
+    ck = maybe_resume("auto", tmp_path, model2, opt2, sched2, expect={"arch": "linear"})
+    assert ck["step"] == 5 and ck["epoch"] == 1 and ck["versions"]["torch"] == str(torch.__version__)
+    assert torch.equal(model.weight, model2.weight) and sched2.last_epoch == 1
+    assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]

@@ -30,8 +30,9 @@ def versions() -> dict[str, str]:
     import numpy
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only=True loading refuses
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": str(numpy.__version__), "python": platform.python_version()}
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
