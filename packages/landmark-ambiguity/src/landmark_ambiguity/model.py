@@ -1,0 +1,151 @@
+"""Stacked hourglass heatmap network (Newell et al. 2016, FAN-style as used by the paper) and the
+global heatmap correction unit (GHCU).
+
+Registry: ``build_model(name, num_landmarks=68, **overrides)`` / ``list_models()``; the GHCU is
+built with :func:`build_ghcu`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+    return _MODELS[name](**kwargs)
+
+
+class Residual(nn.Module):
+    """Pre-activation bottleneck residual block (BN-ReLU-conv x3), 1x1 projection when widths differ."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        mid = max(cout // 2, 1)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1))
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        return self.skip(x) + self.body(x)
+
+
+class Hourglass(nn.Module):
+    """One recursive hourglass of the given depth (each level halves the resolution)."""
+
+    def __init__(self, depth: int, width: int):
+        super().__init__()
+        self.up1 = Residual(width, width)
+        self.pool = nn.MaxPool2d(2)
+        self.low1 = Residual(width, width)
+        self.low2 = Hourglass(depth - 1, width) if depth > 1 else Residual(width, width)
+        self.low3 = Residual(width, width)
+
+    def forward(self, x):
+        low = self.low3(self.low2(self.low1(self.pool(x))))
+        return self.up1(x) + nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest")
+
+
+class StackedHourglass(nn.Module):
+    """``num_stacks`` hourglasses with intermediate supervision; ``forward`` returns the list of
+    per-stack heatmaps ``(N, K, H/stride, W/stride)`` (the last one is the prediction).
+
+    stem: 7x7 stride-2 conv, (max-pool when ``stride == 4``), two residual blocks. (Newell's stem has
+    one more residual block before the pool; we drop it to halve the CPU cost of the stem.)
+    """
+
+    def __init__(self, num_landmarks: int = 68, num_stacks: int = 2, width: int = 32, depth: int = 3,
+                 stride: int = 4, in_channels: int = 3):
+        super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"stride={stride}: the stem supports output strides 2 and 4.")
+        if num_stacks < 1 or width < 2 or depth < 1:
+            raise ValueError(f"num_stacks={num_stacks}, width={width}, depth={depth} must be >= 1, >= 2, >= 1.")
+        half = max(width // 2, 1)
+        stem = [nn.Conv2d(in_channels, half, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True)]
+        if stride == 4:
+            stem.append(nn.MaxPool2d(2))
+        stem += [Residual(half, width), Residual(width, width)]
+        self.stem = nn.Sequential(*stem)
+        self.num_stacks, self.stride = num_stacks, stride
+        self.hourglasses = nn.ModuleList(Hourglass(depth, width) for _ in range(num_stacks))
+        self.features = nn.ModuleList(nn.Sequential(Residual(width, width), nn.Conv2d(width, width, 1, bias=False),
+                                                    nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+                                      for _ in range(num_stacks))
+        self.heads = nn.ModuleList(nn.Conv2d(width, num_landmarks, 1) for _ in range(num_stacks))
+        self.merge_features = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(num_stacks - 1))
+        self.merge_heatmaps = nn.ModuleList(nn.Conv2d(num_landmarks, width, 1) for _ in range(num_stacks - 1))
+
+    def forward(self, x) -> list[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i in range(self.num_stacks):
+            feat = self.features[i](self.hourglasses[i](x))
+            hm = self.heads[i](feat)
+            outs.append(hm)
+            if i < self.num_stacks - 1:
+                x = x + self.merge_features[i](feat) + self.merge_heatmaps[i](hm)
+        return outs
+
+
+@register_model("hg2_w32")
+def hg2_w32(num_landmarks: int = 68, **kw) -> StackedHourglass:
+    """Embedded default (ours): 2 stacks, width 32, depth 3, stride 4 (64 px in -> 16x16 heatmaps)."""
+    return StackedHourglass(num_landmarks, **{"num_stacks": 2, "width": 32, "depth": 3, "stride": 4, **kw})
+
+
+@register_model("hg4_w256")
+def hg4_w256(num_landmarks: int = 68, **kw) -> StackedHourglass:
+    """Paper size: 4 stacks, width 256, depth 4, stride 4 (256 px in -> 64x64 heatmaps)."""
+    return StackedHourglass(num_landmarks, **{"num_stacks": 4, "width": 256, "depth": 4, "stride": 4, **kw})
+
+
+class GHCU(nn.Module):
+    """Global heatmap correction unit: all K heatmaps in, K corrected (x, y) out.
+
+    Stride-2 3x3 conv blocks (BN, ReLU) shrink the heatmaps to at most 4x4 (hence a global receptive
+    field), then a two-layer MLP regresses ``2K`` coordinates in units of the heatmap side, i.e.
+    ``(x_hm + 0.5) / W`` in [0, 1]. The paper gives no layer list; this one is ours (see README).
+    """
+
+    def __init__(self, num_landmarks: int = 68, heatmap_size: int = 16, channels: tuple[int, ...] = (64, 128, 128),
+                 hidden: int = 256):
+        super().__init__()
+        layers, cin, size = [], num_landmarks, heatmap_size
+        for c in channels:
+            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            cin, size = c, math.ceil(size / 2)
+        self.convs = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(cin * size * size, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 2 * num_landmarks))
+        self.num_landmarks = num_landmarks
+
+    def forward(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.convs(heatmaps)).view(-1, self.num_landmarks, 2) + 0.5
+
+
+def build_ghcu(num_landmarks: int, heatmap_size: int, channels=(64, 128, 128), hidden: int = 256) -> GHCU:
+    return GHCU(num_landmarks, heatmap_size, tuple(channels), hidden)

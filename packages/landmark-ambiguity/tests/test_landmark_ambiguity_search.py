@@ -1,0 +1,138 @@
+"""Latent-GT search: closed form on synthetic heatmaps, window, limits in lambda, brute-force equivalence."""
+
+import math
+
+import pytest
+import torch
+
+from landmark_ambiguity.heatmaps import decode, gaussian_heatmaps
+from landmark_ambiguity.search import SearchConfig, chi2_distance, expected_patch, latent_search
+
+
+def _gauss(p, size=33, sigma=1.5):
+    return gaussian_heatmaps(torch.tensor(p, dtype=torch.float64).view(1, -1, 2), (size, size), sigma)
+
+
+def test_chi2_is_zero_on_itself_nonnegative_and_scale_invariant():
+    e = expected_patch(1.0, 3)
+    assert chi2_distance(e, e).item() == pytest.approx(0, abs=1e-7)
+    p = torch.rand(5, 7, 7)
+    assert (chi2_distance(p, e) >= 0).all()
+    torch.testing.assert_close(chi2_distance(3.7 * p, e), chi2_distance(p, e))
+
+
+def test_exact_gaussian_at_the_observation_returns_it_for_any_lambda():
+    hm = _gauss([[16.0, 16.0]])
+    for lam in (0.0, 0.1, 1.0, 100.0):
+        y = latent_search(hm, torch.tensor([[[16.0, 16.0]]]), SearchConfig(sigma_e=1.5, lam=lam, subpixel=2))
+        torch.testing.assert_close(y, torch.tensor([[[16.0, 16.0]]], dtype=torch.float64))
+
+
+def test_search_matches_the_closed_form_on_a_gaussian_heatmap():
+    # heatmap = Gaussian (std s) at p; E has the same std. Untruncated, chi2(Phi(M, y), E) = exp(|y-p|^2/s^2) - 1,
+    # so the search must return the grid argmin of |y-o|^2/(2 sp^2) + lam (exp(|y-p|^2/s^2) - 1).
+    s, sp, p, o = 1.5, 1.0, torch.tensor([17.0, 15.0]), torch.tensor([15.0, 16.0])
+    hm = _gauss([p.tolist()], sigma=s)
+    for lam in (0.05, 0.3, 1.0, 5.0):
+        cfg = SearchConfig(sigma_prior=sp, lam=lam, window_radius=3, sigma_e=s, patch_radius=8, subpixel=1, floor=1e-30)
+        y, cost = latent_search(hm, o.view(1, 1, 2).double(), cfg, return_cost=True)
+        g = torch.arange(33.0)
+        yy, xx = torch.meshgrid(g, g, indexing="ij")
+        d2o, d2p = (xx - o[0]) ** 2 + (yy - o[1]) ** 2, (xx - p[0]) ** 2 + (yy - p[1]) ** 2
+        f = d2o / (2 * sp ** 2) + lam * (torch.exp(d2p / s ** 2) - 1)
+        f[((xx - o[0]).abs() > 3) | ((yy - o[1]).abs() > 3)] = float("inf")
+        i = int(f.argmin())
+        assert y[0, 0].tolist() == [float(i % 33), float(i // 33)], lam
+        # and the cost at the chosen point equals the closed form there
+        assert cost.min().item() == pytest.approx(f.min().item(), rel=2e-3)
+
+
+def test_lambda_limits_and_monotone_path():
+    p, o = [19.0, 14.0], torch.tensor([[[16.0, 16.0]]])
+    hm = _gauss([p])
+    cfg = dict(window_radius=4, sigma_e=1.5, patch_radius=6, subpixel=2)
+    assert latent_search(hm, o, SearchConfig(lam=0.0, **cfg))[0, 0].tolist() == [16.0, 16.0]
+    assert latent_search(hm, o, SearchConfig(lam=1e4, **cfg))[0, 0].tolist() == p
+    dist = [float((latent_search(hm, o, SearchConfig(lam=lam, **cfg))[0, 0] - o[0, 0]).norm())
+            for lam in (0.01, 0.1, 0.3, 1, 3, 10, 100)]
+    assert all(a <= b + 1e-9 for a, b in zip(dist, dist[1:])) and dist[0] < dist[-1]
+
+
+def test_search_never_leaves_its_window_and_handles_borders():
+    torch.manual_seed(0)
+    hm = torch.rand(6, 68, 16, 16) ** 4
+    obs = torch.rand(6, 68, 2) * 20 - 2  # some observations off the map
+    obs[0, 0] = torch.tensor([100.0, 100.0])  # far outside: keeps its observation
+    for r in (0.5, 1.0, 2.0, 3.0):
+        y = latent_search(hm, obs, SearchConfig(window_radius=r, lam=50.0))
+        assert ((y - obs).abs() <= r + 1e-5).all()
+        assert torch.isfinite(y).all()
+    assert latent_search(hm, obs, SearchConfig())[0, 0].tolist() == [100.0, 100.0]
+
+
+def test_blank_heatmap_keeps_the_observation():
+    obs = torch.tensor([[[5.3, 7.9]]])
+    y = latent_search(torch.zeros(1, 1, 16, 16), obs, SearchConfig(subpixel=4))
+    torch.testing.assert_close(y, obs)
+
+
+def _brute_force(hm, obs, cfg):
+    """Reference: explicit candidates, bilinear patch sampling and Pearson chi2, one landmark at a time."""
+    h, w = hm.shape[-2:]
+    e = expected_patch(cfg.sigma_e, cfg.patch_radius, cfg.floor, torch.float64)
+    r = cfg.patch_radius
+    out = torch.empty_like(obs)
+    m = hm.double().clamp_min(0)
+
+    def sample(ch, x, y):
+        x0, y0 = math.floor(x), math.floor(y)
+        ax, ay = x - x0, y - y0
+        v = 0.0
+        for dx, dy, wgt in ((0, 0, (1 - ax) * (1 - ay)), (1, 0, ax * (1 - ay)), (0, 1, (1 - ax) * ay), (1, 1, ax * ay)):
+            xi, yi = x0 + dx, y0 + dy
+            if wgt and 0 <= xi < w and 0 <= yi < h:
+                v += wgt * ch[yi, xi].item()
+        return v
+
+    for i in range(obs.shape[0]):
+        for k in range(obs.shape[1]):
+            o = obs[i, k].double()
+            best, arg = float("inf"), None
+            u = cfg.subpixel
+            ju = math.floor(cfg.window_radius * u + 1e-9)
+            for ty in range(-ju, ju + 1):
+                for tx in range(-ju, ju + 1):
+                    x, y = float(o[0]) + tx / u, float(o[1]) + ty / u
+                    patch = torch.tensor([[sample(m[i, k], x + dx, y + dy) for dx in range(-r, r + 1)]
+                                          for dy in range(-r, r + 1)], dtype=torch.float64)
+                    if patch.sum() > 1e-8:
+                        chi = float(((patch / patch.sum() - e) ** 2 / e).sum())
+                    else:
+                        chi = cfg.blank_cost
+                    c = ((x - o[0]) ** 2 + (y - o[1]) ** 2) / (2 * cfg.sigma_prior ** 2) + cfg.lam * chi
+                    if c < best - 1e-9:
+                        best, arg = c, (x, y)
+            out[i, k] = torch.tensor(arg)
+    return out
+
+
+def test_vectorised_search_equals_the_brute_force_reference():
+    torch.manual_seed(1)
+    pts = torch.rand(2, 3, 2) * 10 + 3
+    hm = gaussian_heatmaps(pts, (16, 16), 1.3) * (0.5 + torch.rand(2, 3, 1, 1)) + 0.05 * torch.rand(2, 3, 16, 16)
+    obs = pts + torch.randn(2, 3, 2) * 1.2
+    cfg = SearchConfig(sigma_prior=1.0, lam=0.7, window_radius=1.5, sigma_e=1.0, patch_radius=2, subpixel=2)
+    torch.testing.assert_close(latent_search(hm.double(), obs.double(), cfg), _brute_force(hm, obs.double(), cfg))
+
+
+def test_decode_encode_round_trip_below_half_a_pixel():
+    torch.manual_seed(2)
+    pts = torch.rand(4, 68, 2) * 13 + 1
+    assert ((decode(gaussian_heatmaps(pts, (16, 16), 1.0)) - pts).abs() <= 0.5).all()
+
+
+def test_bad_shapes_are_a_clear_error():
+    with pytest.raises(ValueError, match="disagree"):
+        latent_search(torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="lam"):
+        SearchConfig(lam=-1)
