@@ -1,0 +1,253 @@
+"""Conv-Adapter invariants with exact expectations (PEFT-style, table-driven)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from conv_adapter import (
+    SCHEMES,
+    ConvAdapter,
+    ConvAdapterConfig,
+    adapter_config,
+    adapter_state_dict,
+    apply_method,
+    closed_form_count,
+    count_adapter_parameters,
+    create_backbone,
+    disable_adapters,
+    inject_adapters,
+    load_adapter_state_dict,
+    replace_head,
+    set_train_mode,
+)
+from conv_adapter.models import TinyResNet
+
+torch.set_num_threads(1)
+
+
+def tiny(seed=0, block=None, scheme="conv_parallel", init="official", placement="conv", method="conv_adapter"):
+    torch.manual_seed(seed)
+    model = TinyResNet(block=block or BasicBlock, num_classes=5)
+    if method is None:
+        return model
+    apply_method(model, "resnet_tiny", method, image_size=16, scheme=scheme, reduction=2, init=init,
+                 placement=placement)
+    return model
+
+
+def backbone_copy(adapted: nn.Module) -> nn.Module:
+    """The same network without adapters: a fresh TinyResNet loaded with the non-adapter weights."""
+    plain = TinyResNet(block=type(adapted.layer1[0]), num_classes=5)
+    plain.load_state_dict({k: v for k, v in adapted.state_dict().items() if "conv_adapter" not in k})
+    return plain.eval()
+
+
+X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_adapter_module_shape_count_and_groups():
+    a = ConvAdapter(64, 128, kernel_size=3, stride=2, padding=1, reduction=4)
+    assert a.down.groups == 16 and a.down.weight.shape == (16, 4, 3, 3)  # each filter sees gamma=4 channels
+    assert a(torch.randn(2, 64, 8, 8)).shape == (2, 128, 4, 4)
+    assert sum(p.numel() for p in a.parameters()) == 64 * 9 + 16 + 16 * 128 + 128 + 128
+    assert torch.equal(a.scale, torch.ones(1, 128, 1, 1))  # official: alpha = 1
+    with pytest.raises(ValueError, match="must divide"):
+        ConvAdapter(64, 64, reduction=3)
+
+
+# The exact Conv-Parallel adapter counts on ResNet-50's 16 bottleneck 3x3 convs (paper notes, 1.3)
+RESNET50_COUNTS = {1: 1_302_784, 2: 672_160, 4: 356_848, 8: 199_192, 16: 120_364}
+
+
+@pytest.mark.parametrize("gamma", sorted(RESNET50_COUNTS))
+def test_resnet50_adapter_count_matches_closed_form(resnet50_meta, gamma):
+    model = copy.deepcopy(resnet50_meta)
+    inject_adapters(model, adapter_config(model, "resnet50", "conv_parallel", gamma))
+    widths = [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
+    expected = closed_form_count([(c, c, 3) for c in widths], gamma)
+    assert count_adapter_parameters(model) == expected == RESNET50_COUNTS[gamma]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_zero_init_is_exactly_the_backbone(scheme):
+    model = tiny(scheme=scheme, init="zero").eval()
+    with torch.no_grad():
+        assert torch.equal(model(X), backbone_copy(model)(X))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_official_init_changes_the_output_and_disable_restores_it(scheme):
+    model = tiny(scheme=scheme).eval()
+    plain = backbone_copy(model)
+    with torch.no_grad():
+        adapted = model(X)
+        assert not torch.allclose(adapted, plain(X))  # the official init is NOT identity at step 0
+        with disable_adapters(model):
+            assert torch.equal(model(X), plain(X))
+        assert torch.equal(model(X), adapted)  # re-enabled on exit
+
+
+def test_zero_init_only_alpha_gets_gradient():
+    model = tiny(init="zero")
+    set_train_mode(model)
+    model(X).sum().backward()
+    for name, p in model.named_parameters():
+        if "conv_adapter" in name:
+            nonzero = p.grad is not None and p.grad.abs().sum() > 0
+            assert nonzero == name.endswith("scale"), name
+
+
+@pytest.mark.parametrize("method", ["conv_adapter", "linear", "bitfit", "prompt", "full"])
+def test_only_the_methods_parameters_train_and_all_of_them_get_gradients(method):
+    model = tiny(method=method)
+    set_train_mode(model)
+    nn.functional.cross_entropy(model(X), torch.tensor([0, 1, 2, 3])).backward()
+    for name, p in model.named_parameters():
+        expected = {
+            "conv_adapter": "conv_adapter" in name or name.startswith("fc."),
+            "linear": name.startswith("fc."),
+            "bitfit": name.endswith(".bias") or name.startswith("fc."),
+            "prompt": name.startswith(("prompter.", "fc.")),
+            "full": True,
+        }[method]
+        assert p.requires_grad == expected, name
+        if expected:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("bn_mode,changes", [("eval", False), ("train", True)])
+def test_frozen_bn_statistics_and_weights_in_a_training_step(bn_mode, changes):
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+    set_train_mode(model, bn_mode)
+    nn.functional.cross_entropy(model(X), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        if "conv_adapter" in k or k.startswith("fc."):
+            continue
+        if "running_" in k or "num_batches" in k:
+            assert torch.equal(v, after[k]) != changes, k  # official train mode lets the stats drift
+        else:
+            assert torch.equal(v, after[k]), f"frozen parameter {k} changed"
+    assert not torch.equal(before["layer1.0.conv1.conv_adapter.up.weight"], after["layer1.0.conv1.conv_adapter.up.weight"])
+
+
+def test_adapter_only_state_dict_round_trip():
+    model = tiny(seed=0)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    state = adapter_state_dict(model, extra_prefixes=("fc.",))
+    assert all("conv_adapter." in k or k.startswith("fc.") for k in state)
+    assert sum(v.numel() for v in state.values()) < 0.2 * sum(v.numel() for v in model.state_dict().values())
+    other = tiny(seed=1)  # same backbone weights would come from the pretrained file: copy them
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if k not in state}, strict=False)
+    model.eval(), other.eval()
+    with torch.no_grad():
+        assert not torch.equal(model(X), other(X))
+        load_adapter_state_dict(other, state)
+        assert torch.equal(model(X), other(X))
+    with pytest.raises(KeyError, match="does not fit"):
+        load_adapter_state_dict(tiny(scheme="residual_sequential"), state)
+
+
+def test_official_bottleneck_placement_matches_the_released_forward():
+    model = tiny(block=Bottleneck, placement="official").eval()
+    block = model.layer2[0]  # stride-2 bottleneck with a downsample branch
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        with disable_adapters(model):  # the hooks stay silent while we spell the forward out by hand
+            h = block.relu(block.bn1(block.conv1(x)))
+            out = block.relu(block.bn2(block.conv2(h))) + block.conv2.conv_adapter(h)  # after bn2 + ReLU
+            out = block.relu(block.bn3(block.conv3(out)) + block.downsample(x))
+        assert torch.allclose(block(x), out, atol=1e-6)
+        # the paper placement adds to the conv output instead (before bn2)
+        paper = tiny(block=Bottleneck, placement="conv").eval()
+        paper.load_state_dict(model.state_dict())
+        assert not torch.allclose(paper(X), model(X))
+        with disable_adapters(model):
+            assert torch.equal(model(X), backbone_copy(model)(X))
+    with pytest.raises(ValueError, match="Bottleneck conv2"):
+        tiny(placement="official")  # BasicBlock: the released code crashes there; we refuse clearly
+
+
+def test_deepcopy_keeps_adapters_working_and_independent():
+    model = tiny(block=Bottleneck, placement="official").eval()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(model(X), clone(X))
+        with disable_adapters(clone):
+            assert not torch.equal(model(X), clone(X))
+        clone.layer1[0].conv2.conv_adapter.scale.mul_(3)
+        assert not torch.equal(model(X), clone(X))
+
+
+def test_nothing_matched_and_wrong_module_types_are_clear_errors():
+    with pytest.raises(ValueError, match="matched no module"):
+        inject_adapters(tiny(method=None), ConvAdapterConfig(target_modules=r"nope\.\d+"))
+    with pytest.raises(TypeError, match="adapts nn.Conv2d"):
+        inject_adapters(tiny(method=None), ConvAdapterConfig(target_modules=r"layer1\.0"))
+    with pytest.raises(ValueError, match="do not exist"):
+        inject_adapters(tiny(method=None), ConvAdapterConfig(target_modules=["layer1.0.conv1", "layer9.conv1"]))
+    with pytest.raises(ValueError, match="already has an adapter"):
+        model = tiny()
+        inject_adapters(model, ConvAdapterConfig(target_modules=r"layer1\.0\.conv1"))
+    with pytest.raises(ValueError, match="scheme"):
+        ConvAdapterConfig(target_modules="x", scheme="convpass")
+
+
+# (arch, number of adapted modules for conv_* schemes, for residual_* schemes)
+BACKBONES = [("resnet18", 8, 8), ("resnet50", 16, 16), ("convnext_tiny", 18 + 3, 18)]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("arch,n_conv,n_block", BACKBONES)
+def test_every_scheme_runs_forward_and_backward(backbones, arch, n_conv, n_block, scheme):
+    model = copy.deepcopy(backbones[arch])
+    info = apply_method(model, arch, "conv_adapter", image_size=32, scheme=scheme, reduction=4)
+    assert len(info.adapted) == (n_conv if scheme.startswith("conv_") else n_block)
+    set_train_mode(model)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3)
+    out.square().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "conv_adapter" in n]
+    assert grads and all(g is not None for g in grads)
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    if arch == "convnext_tiny" and scheme.startswith("conv_"):  # the 2x2/s2 down-sampling convs are adapted
+        assert "features.2.1" in info.adapted and "features.1.0.block.0" in info.adapted
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    """The real architectures with cheap N(0, 0.02) weights (torchvision's own init of ~50M parameters
+    takes seconds; these tests are about structure and gradient flow, not values)."""
+    out = {}
+    torch.manual_seed(0)
+    for arch, *_ in BACKBONES:
+        with torch.device("meta"):
+            model = create_backbone(arch)
+        model.to_empty(device="cpu")
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var") or name.endswith(".weight") and t.ndim == 1:
+                t.fill_(1.0)  # norm scales and variances
+            elif t.is_floating_point():
+                t.normal_(0, 0.02) if t.ndim > 1 else t.zero_()
+            else:
+                t.zero_()
+        replace_head(model, arch, 3)
+        out[arch] = model
+    return out
+
+
+@pytest.fixture(scope="module")
+def resnet50_meta():
+    with torch.device("meta"):  # architecture only: no memory, no init time
+        return create_backbone("resnet50")
