@@ -82,7 +82,7 @@ def _write(out, res, seeds, quick, wall, work):
              col(s, "occ_hg_nme"), "", "lower"),
     ]
     hw = f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    ds = "QUICK smoke scale (not a result)" if quick else "the embedded default config (data/synthetic.yaml, 8 epochs)"
+    ds = "QUICK smoke scale (not a result)" if quick else "the embedded default config (data/synthetic.yaml, 30 epochs, search from epoch 20 every 5)"
     preamble = (f"Synthetic faces from `shared.data.faces` (64 px, 16x16 heatmaps, 2-stack width-32 hourglass), "
                 f"{ds}; training labels from the annotator simulator (ambiguous), test labels exact. "
                 f"Seeds {seeds}. Hardware: {hw}. Wall-clock {wall / 60:.1f} min (shared 2-core VM, heavily "
