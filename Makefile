@@ -11,7 +11,7 @@ PACKAGES := $(sort $(notdir $(patsubst %/pyproject.toml,%,$(wildcard packages/*/
 help: ## list the targets
 	@echo "Packages: $(PACKAGES)"
 	@echo
-	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_%()$$ ,-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^\$$\(addprefix ([a-z]+)-.*\): [a-z]+-%:/\1-<pkg>:/' | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
 
 setup: ## install every package and the dev tools from the lock (uv sync --all-packages --locked)
 	$(UV) sync --all-packages --locked
@@ -27,19 +27,19 @@ test-contracts: ## shared's tests and the cross-package contracts (tests/), all 
 	$(UV) sync --all-packages --locked --quiet
 	$(UV) run --frozen pytest tests
 
-test-%: ## one package's suite, in an env holding only what it declares (undeclared deps fail)
+$(addprefix test-,$(PACKAGES)): test-%: ## one package's suite, in an env holding only what it declares (undeclared deps fail)
 	$(UV) run --locked --exact --package $* pytest packages/$*
 
-smoke-%: ## run a package's embedded default job (no downloads, a few CPU minutes)
+$(addprefix smoke-,$(PACKAGES)): smoke-%: ## run a package's embedded default job (no downloads, a few CPU minutes)
 	$(UV) run --locked --package $* $*-train
 
-reproduce-%: ## a package's small-scale claim checks; writes results/<pkg>/
+$(addprefix reproduce-,$(PACKAGES)): reproduce-%: ## a package's small-scale claim checks; writes results/<pkg>/
 	$(UV) run --locked --package $* $*-reproduce
 
 reproduce: ## every package's claim checks
 	@set -e; for p in $(PACKAGES); do $(MAKE) --no-print-directory reproduce-$$p; done
 
-bench-%: ## a package's benchmarks; writes benchmarks/<pkg>/results.md
+$(addprefix bench-,$(PACKAGES)): bench-%: ## a package's benchmarks; writes benchmarks/<pkg>/results.md
 	$(UV) run --locked --package $* python benchmarks/$*/run.py
 
 bench: ## every package's benchmarks

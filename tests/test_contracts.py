@@ -74,3 +74,17 @@ def test_every_experiment_config_composes(pkg):
         for exp in experiments:
             cfg = compose(config_name="train", overrides=[f"experiment={exp}"])
             assert cfg.package == pkg, exp
+
+
+@pytest.mark.parametrize("pkg", PAPER_PACKAGES)
+def test_make_targets_expand_for_every_package(pkg):
+    """`make test-<pkg>` etc. must run the package's commands (a pattern rule on a .PHONY target
+    silently does nothing)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not on PATH")
+    r = subprocess.run([make, "-n", f"test-{pkg}", f"smoke-{pkg}", f"reproduce-{pkg}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"--exact --package {pkg} pytest packages/{pkg}" in r.stdout
+    assert f"--package {pkg} {pkg}-train" in r.stdout and f"--package {pkg} {pkg}-reproduce" in r.stdout
