@@ -85,8 +85,8 @@ def _write(out, res, seeds, quick, wall, work):
     ds = "QUICK smoke scale (not a result)" if quick else "the embedded default config (data/synthetic.yaml, 30 epochs, search from epoch 20 every 5)"
     preamble = (f"Synthetic faces from `shared.data.faces` (64 px, 16x16 heatmaps, 2-stack width-32 hourglass), "
                 f"{ds}; training labels from the annotator simulator (ambiguous), test labels exact. "
-                f"Seeds {seeds}. Hardware: {hw}. Wall-clock {wall / 60:.1f} min (shared 2-core VM, heavily "
-                f"contended by other jobs while this ran). 'baseline' column: HG trained on the ambiguous labels "
+                f"Seeds {seeds}. Hardware: {hw}. Wall-clock {wall / 60:.1f} min (2-core VM; other jobs may have "
+                f"shared it, so wall-clock is not a budget). 'baseline' column: HG trained on the ambiguous labels "
                 f"(rows 1-7), HG+SA (rows 8, 10) or HG argmax (row 9). Lower NME is better; NME is normalised by the "
                 f"inter-ocular distance unless the metric says inter-pupil.")
     notes = ("Paper numbers are for 300W with a 4-stack HG at 256 px and are [recalled - verify]; this synthetic run "
