@@ -19,8 +19,8 @@ Paper datasets (nothing is downloaded; ``${REPRO_DATA:-data}``)::
                                                   images_variant_{train,val,trainval,test}.txt, images/<id>.jpg}
 
 Every reader returns a :class:`ListDataset` (``samples``, ``targets``, ``classes``) and raises
-``shared.data.DatasetNotFoundError`` when a file is missing and ``ValueError`` naming the file and line when one is
-malformed. Training sets are wrapped in :class:`Indexed`, which yields ``(image, label, index)`` (the index keys the
+``shared.errors.DatasetNotFoundError`` when a file is missing and ``DatasetFormatError`` naming the file (and line)
+when one is malformed. Training sets are wrapped in :class:`Indexed`, which yields ``(image, label, index)`` (the index keys the
 prediction history).
 """
 
@@ -34,10 +34,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from shared.data import DatasetNotFoundError, generate, inject_label_noise, train_val_test_split
+from shared.data import generate, inject_label_noise, train_val_test_split
+from shared.data.readers import check_files_exist, load_image
+from shared.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 __all__ = [
     "DataBundle",
@@ -105,8 +106,7 @@ class ListDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = load_image(path)  # an unreadable file is a DatasetFormatError naming it
         return (self.transform(image) if self.transform else image), label
 
 
@@ -134,7 +134,8 @@ def synthetic_web_noise(num_classes: int = 10, open_classes: int = 2, n_train: i
     ones included (an open-set share of about ``K / (C + K)``); ``close_noise`` is the exact symmetric error rate
     among the in-set images of the train+val pool."""
     if num_classes < 2 or open_classes < 0:
-        raise ValueError(f"need num_classes >= 2 and open_classes >= 0, got {num_classes}, {open_classes}.")
+        raise ConfigError(f"need num_classes >= 2 and open_classes >= 0, got {num_classes}, {open_classes}; "
+                          "set data.num_classes / data.open_classes")
     pool = n_train + n_val
     images, true = generate(pool, num_classes + open_classes, image_size, domain, seed)
     rng = np.random.default_rng([seed, 0x0BE7])
@@ -176,7 +177,7 @@ def _table(path: Path, fields: int) -> list[list[str]]:
             continue
         parts = line.strip().split(maxsplit=fields - 1)
         if len(parts) != fields:
-            raise ValueError(f"{path}:{n}: expected {fields} fields, got {line!r}.")
+            raise DatasetFormatError(f"{path}:{n}: expected {fields} fields, got {line!r}; fix or re-extract the file")
         rows.append(parts)
     return rows
 
@@ -205,19 +206,21 @@ def cub200(root: str | os.PathLike, train: bool = True, transform: Callable | No
     names = {int(i): n for i, n in _table(files[3], 2)}
     ids = sorted(names)
     if ids != list(range(1, len(ids) + 1)):
-        raise ValueError(f"{files[3]}: class ids must be 1..N, got {ids[:5]}...")
+        raise DatasetFormatError(f"{files[3]}: class ids must be 1..N, got {ids[:5]}; re-extract CUB_200_2011.tgz")
     if set(images) != set(labels) or set(images) != set(split):
-        raise ValueError(f"{base}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids.")
+        raise DatasetFormatError(f"{base}: images.txt, image_class_labels.txt and train_test_split.txt list different "
+                                 "image ids; re-extract CUB_200_2011.tgz")
     want = "1" if train else "0"
     samples = []
     for i in sorted(images, key=int):
         if split[i] not in ("0", "1"):
-            raise ValueError(f"{files[2]}: image {i} has split {split[i]!r}; expected 0 or 1.")
+            raise DatasetFormatError(f"{files[2]}: image {i} has split {split[i]!r}; expected 0 or 1")
         c = int(labels[i])
         if not 1 <= c <= len(ids):
-            raise ValueError(f"{files[1]}: image {i} has class {c}; expected 1..{len(ids)}.")
+            raise DatasetFormatError(f"{files[1]}: image {i} has class {c}; expected 1..{len(ids)}")
         if split[i] == want:
             samples.append((str(base / "images" / images[i]), c - 1))
+    check_files_exist([p for p, _ in samples], files[0], "CUB-200-2011", CUB_HOW)
     return ListDataset(samples, [names[i] for i in ids], transform)
 
 
@@ -231,15 +234,17 @@ def _mat_records(path: Path, key: str, fields: tuple[str, ...]) -> list[dict[str
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as err:  # scipy raises several types on garbage
-        raise ValueError(f"could not read {path}: not a valid MATLAB .mat file ({type(err).__name__}: {err}).") from err
+        raise DatasetFormatError(f"could not read {path}: not a valid MATLAB .mat file ({type(err).__name__}); "
+                                 "re-download the Stanford Cars devkit") from err
     if key not in mat:
-        raise ValueError(f"{path}: no variable {key!r} (found {sorted(k for k in mat if not k.startswith('__'))}).")
+        raise DatasetFormatError(f"{path}: no variable {key!r} (found {sorted(k for k in mat if not k.startswith('__'))}); "
+                                 "re-download the Stanford Cars devkit")
     records = np.atleast_1d(mat[key])
     out = []
     for n, rec in enumerate(records):
         missing = [f for f in fields if not hasattr(rec, f)]
         if missing:
-            raise ValueError(f"{path}: record {n} of {key!r} lacks field(s) {missing}.")
+            raise DatasetFormatError(f"{path}: record {n} of {key!r} lacks field(s) {missing}; re-download the devkit")
         out.append({f: getattr(rec, f) for f in fields})
     return out
 
@@ -264,15 +269,17 @@ def stanford_cars(root: str | os.PathLike, train: bool = True, transform: Callab
     try:
         names = [str(n) for n in np.atleast_1d(scipy.io.loadmat(str(meta), squeeze_me=True)["class_names"])]
     except KeyError as err:
-        raise ValueError(f"{meta}: no variable 'class_names'.") from err
+        raise DatasetFormatError(f"{meta}: no variable 'class_names'; re-download the Stanford Cars devkit") from err
     except Exception as err:
-        raise ValueError(f"could not read {meta}: not a valid MATLAB .mat file ({err}).") from err
+        raise DatasetFormatError(f"could not read {meta}: not a valid MATLAB .mat file ({type(err).__name__}); "
+                                 "re-download the Stanford Cars devkit") from err
     samples = []
     for n, rec in enumerate(_mat_records(annos, "annotations", ("fname", "class"))):
         c = int(rec["class"])
         if not 1 <= c <= len(names):
-            raise ValueError(f"{annos}: annotation {n} ({rec['fname']}) has class {c}; expected 1..{len(names)}.")
+            raise DatasetFormatError(f"{annos}: annotation {n} ({rec['fname']}) has class {c}; expected 1..{len(names)}")
         samples.append((str(images / str(rec["fname"])), c - 1))
+    check_files_exist([p for p, _ in samples], annos, "Stanford Cars", CARS_HOW)
     return ListDataset(samples, names, transform)
 
 
@@ -284,7 +291,7 @@ def fgvc_aircraft(root: str | os.PathLike, split: str = "test", transform: Calla
     """FGVC-Aircraft 2013b at the variant level (100 classes in the order of ``variants.txt``); lines of
     ``images_variant_<split>.txt`` are ``<image id> <variant name>`` (names may contain spaces and slashes)."""
     if split not in AIRCRAFT_SPLITS:
-        raise ValueError(f"unknown FGVC-Aircraft split {split!r}; expected one of {AIRCRAFT_SPLITS}.")
+        raise ConfigError(f"unknown FGVC-Aircraft split {split!r}; use one of {', '.join(AIRCRAFT_SPLITS)}")
     root = Path(root)
     base = root / "fgvc-aircraft-2013b" if (root / "fgvc-aircraft-2013b").is_dir() else root
     data = base / "data"
@@ -295,8 +302,9 @@ def fgvc_aircraft(root: str | os.PathLike, split: str = "test", transform: Calla
     samples = []
     for n, (image_id, name) in enumerate(_table(listing, 2), 1):
         if name not in index:
-            raise ValueError(f"{listing}:{n}: variant {name!r} is not in variants.txt.")
+            raise DatasetFormatError(f"{listing}:{n}: variant {name!r} is not in variants.txt; re-extract the archive")
         samples.append((str(data / "images" / f"{image_id}.jpg"), index[name]))
+    check_files_exist([p for p, _ in samples], listing, "FGVC-Aircraft", AIRCRAFT_HOW)
     return ListDataset(samples, names, transform)
 
 
@@ -310,18 +318,19 @@ def align_classes(train_classes: list[str], test_classes: list[str], mode: str =
     (lower case, a leading ``NNN.`` dropped, punctuation and spaces removed); ``order``: index i -> i."""
     if mode == "order":
         if len(train_classes) != len(test_classes):
-            raise ValueError(f"class_match=order needs as many test classes ({len(test_classes)}) as training "
-                             f"class folders ({len(train_classes)}).")
+            raise DatasetFormatError(f"data.class_match=order needs as many test classes ({len(test_classes)}) as "
+                                     f"training class folders ({len(train_classes)}); check data.root and data.test")
         return np.arange(len(test_classes))
     if mode != "name":
-        raise ValueError(f"class_match must be name or order, got {mode!r}.")
+        raise ConfigError(f"data.class_match={mode!r} is not a known name; use one of: name, order")
     lookup = {_norm_name(c): i for i, c in enumerate(train_classes)}
     if len(lookup) != len(train_classes):
-        raise ValueError("two training class folders have the same normalised name; use data.class_match=order.")
+        raise DatasetFormatError("two training class folders have the same normalised name; use data.class_match=order")
     missing = [c for c in test_classes if _norm_name(c) not in lookup]
     if missing:
-        raise ValueError(f"{len(missing)} test classes have no training folder of the same name (e.g. {missing[:3]}); "
-                         f"rename the folders or use data.class_match=order (class i of both sets in sorted order).")
+        raise DatasetFormatError(f"{len(missing)} test classes have no training folder of the same name (e.g. "
+                                 f"{missing[:3]}); rename the folders or use data.class_match=order (class i of both "
+                                 "sets in sorted order)")
     return np.array([lookup[_norm_name(c)] for c in test_classes], dtype=np.int64)
 
 
@@ -350,7 +359,7 @@ def build_data(cfg: Any, seed: int = 0) -> DataBundle:
         return synthetic_web_noise(cfg.num_classes, cfg.open_classes, cfg.n_train, cfg.n_val, cfg.n_test,
                                    cfg.image_size, cfg.domain, cfg.close_noise, data_seed)
     if cfg.name != "webfg":
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected synthetic or webfg.")
+        raise ConfigError(f"data.name={cfg.name!r} is not a known name; use one of: synthetic, webfg")
     web = webfg_folder(cfg.root, "train")
     n = len(web)
     tr, va, _ = train_val_test_split(n, (1 - cfg.val_fraction, cfg.val_fraction, 0.0), seed=int(cfg.split_seed))
@@ -369,5 +378,6 @@ def build_data(cfg: Any, seed: int = 0) -> DataBundle:
         mapping = align_classes(web.classes, test.classes, cfg.class_match)
     test = _remapped(test, mapping, web.classes)
     if cfg.num_classes and len(web.classes) != cfg.num_classes:
-        raise ValueError(f"{cfg.root}/train has {len(web.classes)} class folders but data.num_classes={cfg.num_classes}.")
+        raise DatasetFormatError(f"{cfg.root}/train has {len(web.classes)} class folders but data.num_classes="
+                                 f"{cfg.num_classes}; point data.root at the right dataset or set data.num_classes")
     return DataBundle(train, val, test, len(web.classes), {"n_train": len(tr), "n_val": len(va), "n_test": len(test)})

@@ -24,28 +24,29 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from shared.cli import hydra_main
+from shared.errors import ConfigError, check_choice, check_range, require
 from shared.runtime import (
     Progress,
     all_reduce_sum,
-    autocast,
     epoch_loader,
-    grad_scaler,
+    find_resume,
     hydra_run_dir,
+    load_checkpoint,
     reduce_metrics,
+    restore_rng,
     save_checkpoint,
     save_training_state,
     start_run,
+    to_plain,
     unwrap,
 )
-from shared.runtime.checkpoint import find_resume, load_checkpoint
-from shared.runtime.seed import set_rng_state
 
 from .baselines import coteaching_loss, cot_crssc_loss, forget_rate_schedule, prune_by_noise_rate
 from .data import OPEN_SET, build_data
@@ -63,55 +64,62 @@ SELECTING = ("crssc", "crssc_cot", "coteaching", "cl_prune")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every registry name and value range, before any data or model is built."""
-    def choice(key: str, value: Any, choices) -> None:
-        if value not in choices:
-            raise ValueError(f"{key}={value!r} is not one of {list(choices)}.")
-
-    def at_least(key: str, value: Any, lo: float) -> None:
-        if value is None or value < lo:
-            raise ValueError(f"{key}={value!r} must be >= {lo}.")
-
-    choice("method.name", cfg.method.name, METHODS)
-    choice("model.name", cfg.model.name, list_models())
-    choice("model.sqrt", cfg.model.get("sqrt", "signed"), SQRT_MODES)
-    choice("optim.name", cfg.optim.name, ("sgd", "adam"))
-    choice("recipe", cfg.recipe, ("one_step", "two_step"))
-    choice("select_on", cfg.select_on, ("val", "test"))
-    at_least("epochs", cfg.epochs, 1)
-    at_least("batch_size", cfg.batch_size, 2)
-    at_least("optim.lr", cfg.optim.lr, 0.0)
+    """Every registry name and value range, before any data or model is built (one-line ConfigError)."""
+    check_choice("method.name", cfg.method.name, METHODS)
+    check_choice("model.name", cfg.model.name, list_models())
+    if "sqrt" in cfg.model:
+        check_choice("model.sqrt", cfg.model.sqrt, SQRT_MODES)
+    check_choice("optim.name", cfg.optim.name, ("sgd", "adam"))
+    check_choice("data.name", cfg.data.name, ("synthetic", "webfg"))
+    check_choice("recipe", cfg.recipe, ("one_step", "two_step"))
+    check_choice("select_on", cfg.select_on, ("val", "test"))
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        check_range(key, cfg[key], 1, integer=True)
+    check_range("optim.lr", cfg.optim.lr, 0, lo_inclusive=False)
+    check_range("optim.weight_decay", cfg.optim.weight_decay, 0)
     m = cfg.method
     if m.name in ("crssc", "crssc_cot"):
-        choice("method.certainty", m.certainty, CERTAINTY_MEASURES)
-        choice("method.all_certain", m.all_certain, ALL_CERTAIN_RULES)
-        at_least("method.warmup", m.warmup, 1)  # relabelling needs at least one recorded epoch
-        at_least("method.memory_length", m.memory_length, 1)
-        if not 0 <= m.eps < 1:
-            raise ValueError(f"method.eps={m.eps!r} must lie in [0, 1).")
+        check_choice("method.certainty", m.certainty, CERTAINTY_MEASURES)
+        check_choice("method.all_certain", m.all_certain, ALL_CERTAIN_RULES)
+        check_range("method.warmup", m.warmup, 1, integer=True)  # relabelling needs one recorded epoch
+        check_range("method.memory_length", m.memory_length, 1, integer=True)
+    if m.name in ("crssc", "crssc_cot", "ls_ce"):
+        check_range("method.eps", m.eps, 0, 1, hi_inclusive=False)
     if m.name == "crssc_cot":
-        choice("method.history", m.history, ("separate", "shared_official"))
-    if m.name == "ls_ce" and not 0 <= m.eps < 1:
-        raise ValueError(f"method.eps={m.eps!r} must lie in [0, 1).")
+        check_choice("method.history", m.history, ("separate", "shared_official"))
     if m.name == "coteaching":
-        if m.forget_rate is not None and not 0 <= m.forget_rate < 1:
-            raise ValueError(f"method.forget_rate={m.forget_rate!r} must lie in [0, 1) (or null: the data's noise share).")
-        at_least("method.num_gradual", m.num_gradual, 1)
+        check_range("method.forget_rate", m.forget_rate, 0, 1, hi_inclusive=False, allow_none=True)
+        check_range("method.num_gradual", m.num_gradual, 1, integer=True)
+        check_range("method.exponent", m.exponent, 0, lo_inclusive=False)
     if m.name == "cl_prune":
-        at_least("method.prune_epoch", m.prune_epoch, 0)
+        check_range("method.prune_epoch", m.prune_epoch, 0, integer=True)
     if cfg.recipe == "two_step":
-        at_least("step1.epochs", cfg.step1.epochs, 1)
-        choice("step1.select", cfg.step1.select, ("val_best", "last"))
+        check_range("step1.epochs", cfg.step1.epochs, 1, integer=True)
+        check_range("step1.lr", cfg.step1.lr, 0, lo_inclusive=False)
+        check_choice("step1.select", cfg.step1.select, ("val_best", "last"))
+    w = cfg.weights
+    require(w in (None, "imagenet") or Path(str(w)).expanduser().is_file(),
+            f"weights={w!r} is neither null, imagenet nor an existing file",
+            "pass weights=null (random init), weights=imagenet (torchvision's file in the hub cache) or a path")
     if cfg.data.name == "synthetic":
-        if not 0 <= cfg.data.close_noise <= 1:
-            raise ValueError(f"data.close_noise={cfg.data.close_noise!r} must lie in [0, 1].")
-        at_least("data.n_val", cfg.data.n_val, 0)
-        if cfg.select_on == "val" and cfg.data.n_val == 0:
-            raise ValueError("select_on=val needs a validation split (data.n_val > 0), or use select_on=test.")
+        d = cfg.data
+        check_range("data.close_noise", d.close_noise, 0, 1)
+        check_range("data.num_classes", d.num_classes, 2, integer=True)
+        check_range("data.open_classes", d.open_classes, 0, integer=True)
+        for key in ("n_train", "n_test", "image_size"):
+            check_range(f"data.{key}", d[key], 1, integer=True)
+        check_range("data.n_val", d.n_val, 0, integer=True)
+        require(cfg.select_on != "val" or d.n_val > 0, "select_on=val needs a validation split",
+                "set data.n_val > 0, or select_on=test")
+    else:
+        check_range("data.val_fraction", cfg.data.val_fraction, 0, 1, hi_inclusive=False)
+        check_choice("data.test", cfg.data.test, ("cub", "cars", "aircraft", "folder"))
+        check_choice("data.class_match", cfg.data.class_match, ("name", "order"))
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name",)}
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("name", "freeze_typo")}
+    kwargs["weights"] = cfg.weights
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
     model = create_model(cfg.model.name, num_classes, **kwargs)
@@ -230,9 +238,7 @@ def diagnostics(c: dict[str, float]) -> dict[str, float]:
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     validate(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
+    ctx = start_run(cfg, out_dir)  # threads, device, seed + rank, amp (the loss and selection stay float32)
     m = cfg.method
 
     # data -> model -> history
@@ -241,7 +247,9 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     n_train = len(train_set)
     truth = torch.as_tensor(train_set.truth, device=ctx.device)
     model = build_model(cfg, num_classes).to(ctx.device)
-    model_args = {"model": cfg.model.name, "method": m.name, "num_classes": num_classes, "n_train": n_train}
+    arch = {k: v for k, v in to_plain(cfg.model).items() if k != "freeze_typo"}
+    model_args = {"model": arch, "method": m.name, "num_classes": num_classes, "n_train": n_train,
+                  "memory_length": int(m.get("memory_length", 1))}
     mem_len = int(m.get("memory_length", 1))
     memories = [PredictionMemory(n_train, mem_len, ctx.device)]
     if m.name == "crssc_cot" and m.history == "separate":
@@ -251,7 +259,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if m.name == "coteaching":
         forget_rate = m.forget_rate if m.forget_rate is not None else data.info.get("noise_share")
         if forget_rate is None:
-            raise ValueError("method.forget_rate=null needs data with a known noise share (synthetic); set it.")
+            raise ConfigError("method.forget_rate=null needs data with a known noise share (synthetic); "
+                              "set method.forget_rate to the expected noise rate")
     log.info("data %s: %d train / %s val / %d test, %d classes %s", cfg.data.name, n_train,
              len(data.val) if data.val is not None else 0, len(data.test), num_classes, data.info)
 
@@ -260,7 +269,6 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     total_epochs = sum(e for _, e in phases)
     world = ctx.dist.world_size
     steps_per_epoch = math.ceil(n_train / (cfg.batch_size * world))
-    scaler = grad_scaler(ctx.device, enabled=bool(cfg.amp) and cfg.amp != "bf16")
 
     def phase_of(epoch: int) -> int:
         return max(i for i, s in enumerate(starts) if epoch >= s)
@@ -279,7 +287,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     # resume (the phase decides which parameters the saved optimiser state belongs to)
     ckpt_path = find_resume(cfg.resume, ctx.run_dir)
-    ckpt = load_checkpoint(ckpt_path, expect=model_args) if ckpt_path else None
+    ckpt = load_checkpoint(ckpt_path, expect=to_plain(model_args)) if ckpt_path else None
     phase = ckpt["phase"] if ckpt else 0
     optimizer, scheduler = setup_phase(phase)
     sel = {"best_val": -1.0, "best_epoch": 0, "test_at_best": float("nan"), "best_test": -1.0, "best_test_epoch": 0}
@@ -291,7 +299,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             mem.load_state_dict(state)
         cl_keep = ckpt["cl_keep"].to(ctx.device)
         sel = dict(ckpt["selection"])
-        set_rng_state(ckpt["rng"])
+        ctx.amp.load_state_dict(ckpt.get("amp"))
+        restore_rng(ckpt)  # this rank's own stream
         ctx.metrics.truncate_after("step", ckpt["step"])
         log.info("resumed from %s at epoch %d, step %d (phase %d)", ckpt_path, ckpt["epoch"], ckpt["step"], phase)
     step = ckpt["step"] if ckpt else 0
@@ -341,7 +350,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         loss_sum, seen = 0.0, 0
         for x, y, idx in loader:
             x, y, idx = x.to(ctx.device), y.to(ctx.device), idx.to(ctx.device)
-            with autocast(ctx.device, enabled=bool(cfg.amp), dtype=None if cfg.amp is True else cfg.amp):
+            with ctx.amp.autocast():
                 out = model_ddp(x, both=True) if m.name in TWO_NETS else model_ddp(x)
             part = None
             if m.name == "crssc":
@@ -371,9 +380,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             else:
                 loss, targets, record = F.cross_entropy(out.float(), y), y, []
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            ctx.amp.backward(loss)
+            ctx.amp.step(optimizer)
             # history: after the loss (the current prediction never relabels itself), gathered over ranks
             gidx = _gather(idx, ctx)
             for mem, logits in record:
@@ -416,7 +424,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                      diag["noise_free_share"]))
         save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler,
                             step=step, epoch=epoch_done, cfg=cfg, model_args=model_args, phase=phase,
-                            memories=[mem.state_dict() for mem in memories], cl_keep=cl_keep.cpu(), selection=sel)
+                            memories=[mem.state_dict() for mem in memories], cl_keep=cl_keep.cpu(), selection=sel,
+                            amp=ctx.amp.state_dict())
 
     if not metrics:  # resumed a finished run: evaluate what is there
         test = evaluate(model, data.test, ctx, cfg.eval_batch_size)
@@ -483,7 +492,7 @@ def _plot_curves(run_dir: Path) -> None:
     plt.close(fig)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 
