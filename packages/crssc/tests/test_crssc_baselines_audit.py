@@ -76,6 +76,13 @@ def test_confident_joint_equals_a_brute_force_loop():
     assert np.allclose(confident_joint(labels, probs), _brute_confident_joint(labels, probs))
 
 
+def test_confident_joint_counts_a_probability_equal_to_its_threshold():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.25, 0.75], [0.25, 0.75]])  # t = (0.5, 0.75): ties at the threshold
+    joint = confident_joint(labels, probs, calibrate=False)
+    assert joint.tolist() == [[2.0, 0.0], [0.0, 2.0]]  # p >= t (argmax among the classes at or above threshold)
+
+
 def test_prune_by_noise_rate_equals_a_per_cell_loop_and_finds_planted_flips():
     labels, probs, flipped = _planted(seed=1)
     issues = prune_by_noise_rate(labels, probs)

@@ -27,7 +27,8 @@ def test_synthetic_web_noise_has_exact_close_set_noise_open_set_tags_and_a_clean
     labels = np.concatenate([train.labels, val.labels])
     truth = np.concatenate([train.truth, val.truth])
     inset = truth != OPEN_SET
-    assert (labels >= 0).all() and (labels < 5).all()  # open-set images carry in-set labels
+    assert (labels >= 0).all() and (labels < 5).all()  # open-set images carry in-set labels ...
+    assert len(set(labels[~inset].tolist())) >= 4  # ... drawn at random, not one fixed class
     assert ((labels[inset] != truth[inset]).sum()) == round(0.4 * inset.sum())  # exact close-set noise rate
     assert 0.15 < (~inset).mean() < 0.45  # about 2 / 7 of the images are open-set
     assert set(d.test.labels.tolist()) == set(range(5))

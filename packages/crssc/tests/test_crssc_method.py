@@ -288,3 +288,14 @@ def test_batch_of_one_does_not_crash():
     out = crssc_loss(z, torch.tensor([1]), torch.tensor([0]), PredictionMemory(1), epoch=9, warmup=1)
     out.loss.backward()
     assert out.partition.dropped.all() and torch.isfinite(z.grad).all()
+
+
+def test_crssc_loss_passes_the_all_certain_rule_on():
+    # two clean samples (loss < mean) and two certain high-loss ones: every high-loss sample is above the threshold
+    z = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])
+    y = torch.tensor([0, 0, 0, 0])
+    mem = _memory_with({2: 1, 3: 2}, 4, 3)
+    paper = crssc_loss(z, y, torch.arange(4), mem, epoch=1, warmup=1, all_certain="paper")
+    official = crssc_loss(z, y, torch.arange(4), mem, epoch=1, warmup=1, all_certain="official")
+    assert paper.partition.reusable.tolist() == [False, False, True, True]
+    assert official.partition.reusable.sum() == 0 and official.partition.dropped.tolist() == [False, False, True, True]

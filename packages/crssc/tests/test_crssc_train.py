@@ -111,6 +111,7 @@ def test_two_step_recipe_freezes_the_backbone_then_starts_step_two_from_the_step
     best = torch.load(tmp_path / "full" / "step1_best.pt", weights_only=True)
     last = _ckpt(tmp_path / "full")
     assert last["phase"] == 1 and best["epoch"] in (1, 2)
+    assert (last["memories"][0]["count"] == 1).all()  # step 2 starts a fresh history (the official trainer does)
     assert not torch.equal(best["model"]["features.0.weight"], last["model"]["features.0.weight"])  # step 2: all layers
     rows = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[2] for r in rows[1:]] == ["head", "head", "all"]

@@ -55,6 +55,14 @@ def smoothed_targets(labels: torch.Tensor, num_classes: int, eps: float) -> torc
     return target.scatter_(1, labels.view(-1, 1).long(), 1.0 - eps)
 
 
+def _ls_from_logp(logp: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-sample label-smoothed CE from log-probabilities ``(N, C)``."""
+    num_classes = logp.shape[1]
+    off = eps / (num_classes - 1)
+    on = 1.0 - eps
+    return -(off * logp.sum(dim=1) + (on - off) * logp.gather(1, labels.view(-1, 1).long()).squeeze(1))
+
+
 def ls_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.2,
                      reduction: str = "none") -> torch.Tensor:
     """Label-smoothed cross-entropy of CRSSC, computed in float32 (also under autocast).
@@ -64,13 +72,9 @@ def ls_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.
     ``eps = 0`` is exactly ``F.cross_entropy``. Written without building the ``(N, C)`` target:
     ``l = -(eps / (C - 1)) * sum_k log p_k - (1 - eps - eps / (C - 1)) * log p_y``.
     """
-    num_classes = logits.shape[1]
-    if num_classes < 2:
-        raise ValueError(f"label smoothing over eps / (C - 1) needs at least 2 classes, got {num_classes}.")
-    logp = F.log_softmax(logits.float(), dim=1)
-    off = eps / (num_classes - 1)
-    on = 1.0 - eps
-    losses = -(off * logp.sum(dim=1) + (on - off) * logp.gather(1, labels.view(-1, 1).long()).squeeze(1))
+    if logits.shape[1] < 2:
+        raise ValueError(f"label smoothing over eps / (C - 1) needs at least 2 classes, got {logits.shape[1]}.")
+    losses = _ls_from_logp(F.log_softmax(logits.float(), dim=1), labels, eps)
     if reduction == "none":
         return losses
     if reduction == "mean":
@@ -173,25 +177,32 @@ class PredictionMemory:
         if preds is None or maxprobs is None:
             raise ValueError("update() needs probs, or preds and maxprobs.")
         idx = indices.to(self.device).long().view(-1)
-        if idx.numel() == 0:
+        n = idx.numel()
+        if n == 0:
             return
-        if idx.min() < 0 or idx.max() >= self.num_samples:
+        if not ((idx >= 0) & (idx < self.num_samples)).all():
             raise IndexError(f"sample index out of range [0, {self.num_samples}): got [{idx.min()}, {idx.max()}].")
         preds, maxprobs = preds.to(self.device).long().view(-1), maxprobs.to(self.device).float().view(-1)
-        # rank of each entry among the entries with the same index (0 for the first, in batch order)
-        order = torch.sort(idx, stable=True).indices
-        sorted_idx = idx[order]
-        pos = torch.arange(idx.numel(), device=self.device)
-        starts = torch.ones_like(sorted_idx, dtype=torch.bool)
+        sorted_idx, order = torch.sort(idx, stable=True)
+        starts = torch.ones(n, dtype=torch.bool, device=self.device)
         starts[1:] = sorted_idx[1:] != sorted_idx[:-1]
+        count = self.count[idx]
+        if bool(starts.all()):  # no index twice in this batch (the usual case): one write each
+            slot = count % self.length
+            self.pred[idx, slot] = preds
+            self.prob[idx, slot] = maxprobs
+            self.count[idx] = count + 1
+            return
+        # duplicates are written in batch order, as the official sequential loop: rank within the same index
+        pos = torch.arange(n, device=self.device)
         group_start = torch.cummax(torch.where(starts, pos, 0), dim=0).values
         rank = torch.empty_like(pos)
         rank[order] = pos - group_start
+        sizes = torch.diff(torch.cat([pos[starts], pos.new_tensor([n])]))
         group_size = torch.empty_like(pos)
-        sizes = torch.diff(torch.cat([pos[starts], pos.new_tensor([idx.numel()])]))
         group_size[order] = torch.repeat_interleave(sizes, sizes)
         keep = rank >= group_size - self.length  # earlier duplicates would be overwritten anyway
-        slot = (self.count[idx] + rank) % self.length
+        slot = (count + rank) % self.length
         self.pred[idx[keep], slot[keep]] = preds[keep]
         self.prob[idx[keep], slot[keep]] = maxprobs[keep]
         self.count.index_add_(0, idx, torch.ones_like(idx))
@@ -203,21 +214,20 @@ class PredictionMemory:
         idx = indices.to(self.device).long().view(-1)
         L = self.length
         count = self.count[idx]
-        n = count.clamp(max=L)
-        start = torch.where(count >= L, count % L, 0)  # oldest slot
         steps = torch.arange(L, device=self.device)
-        chrono = (start[:, None] + steps) % L  # slots from oldest to newest
-        pred = self.pred[idx].gather(1, chrono)
-        valid = steps[None, :] < n[:, None]
-        prob = torch.where(valid, self.prob[idx].gather(1, chrono).double(), 0.0)
-        same = (pred[:, :, None] == pred[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, L, L)
-        total = (same * prob[:, None, :]).sum(dim=2)  # total of the class recorded at each slot
-        later = steps[None, :, None] < steps[None, None, :]  # m after j
+        start = torch.where(count >= L, count % L, 0)  # oldest slot
+        flat = idx[:, None] * L + (start[:, None] + steps) % L  # slots from oldest to newest
+        pred = self.pred.view(-1)[flat]
+        valid = steps < count.clamp(max=L)[:, None]
+        prob = torch.where(valid, self.prob.view(-1)[flat].double(), 0.0)
+        same = (pred[:, :, None] == pred[:, None, :]) & valid[:, None, :]  # (B, L, L): slot m holds slot j's class
+        total = torch.bmm(same.double(), prob[:, :, None]).squeeze(2)  # total of the class recorded at slot j
+        later = steps[:, None] < steps[None, :]  # m after j
         is_last = valid & ~(same & later).any(dim=2)  # the class's last record in the window
-        best = torch.where(valid, total, -1.0).max(dim=1, keepdim=True).values
+        best = torch.where(is_last, total, -1.0).max(dim=1, keepdim=True).values
         winner = (is_last & (total == best)).int().argmax(dim=1)  # earliest such slot
         label = pred.gather(1, winner[:, None]).squeeze(1)
-        return torch.where(n > 0, label, -1)
+        return torch.where(count > 0, label, -1)
 
     def state_dict(self) -> dict:
         return {"pred": self.pred.cpu(), "prob": self.prob.cpu(), "count": self.count.cpu(), "length": self.length}
@@ -253,7 +263,10 @@ def crssc_loss(logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
     and no reusable sample) the loss is an exact zero that still back-propagates (the official code takes the mean
     of an empty tensor: NaN).
     """
-    losses = ls_cross_entropy(logits, labels, eps)
+    if logits.shape[1] < 2:
+        raise ValueError(f"label smoothing over eps / (C - 1) needs at least 2 classes, got {logits.shape[1]}.")
+    logp = F.log_softmax(logits.float(), dim=1)  # shared by the selection loss and the training loss
+    losses = _ls_from_logp(logp, labels, eps)
     n = labels.numel()
     if epoch < warmup:
         everything = torch.ones(n, dtype=torch.bool, device=logits.device)
@@ -261,7 +274,7 @@ def crssc_loss(logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
                          threshold=torch.tensor(float("nan"), device=logits.device))
         return CRSSCStep(loss=losses.mean(), losses=losses, targets=labels, partition=part, warmup=True)
     with torch.no_grad():
-        probs = F.softmax(logits.detach().float(), dim=1)
+        probs = F.softmax(logits.detach().float(), dim=1)  # as the official code (not exp(logp))
         part = select_partition(losses, certainty_score(probs, certainty), all_certain)
         if memory is None:
             relabels = torch.full_like(labels, -1)
@@ -272,6 +285,6 @@ def crssc_loss(logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
         part.dropped = part.dropped | no_history
         targets = torch.where(part.reusable, relabels, labels)
         keep = part.clean | part.reusable
-    kept = ls_cross_entropy(logits, targets, eps)
+    kept = _ls_from_logp(logp, targets, eps)
     loss = torch.where(keep, kept, 0.0).sum() / keep.sum().clamp(min=1)
     return CRSSCStep(loss=loss, losses=losses, targets=targets, partition=part, warmup=False)
