@@ -312,8 +312,8 @@ def reference_op(image: Tensor, op: str, value: float, box: Sequence[int] | None
         return F.invert(image)
     if op == "Equalize":
         return F.equalize(image)
-    if op == "Solarize":
-        return F.solarize(image, value)
+    if op == "Solarize":  # torchvision refuses thresholds above 255; PIL's (and ours) are then the identity
+        return image.clone() if value > 255 else F.solarize(image, value)
     if op == "Posterize":
         return F.posterize(image, int(value))
     if op == "Contrast":

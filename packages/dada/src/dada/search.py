@@ -149,14 +149,15 @@ def bernoulli_conditional(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
     return logits + torch.log(v_prime) - torch.log1p(-v_prime)
 
 
-def categorical_conditional(log_theta: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def categorical_conditional(log_theta: Tensor, k: Tensor | int, v: Tensor) -> Tensor:
     """``z~ ~ p(z | argmax z = k)`` for ``z = log theta + Gumbel``: ``z~_k = -log(-log v_k)``,
-    ``z~_i = -log(-log v_i / theta_i - log v_k)`` for ``i != k``."""
+    ``z~_i = -log(-log v_i / theta_i - log v_k)`` for ``i != k``. ``k`` may be batched like ``v[..., 0]``."""
     theta = torch.exp(log_theta)
-    log_vk = torch.log(v[..., k]).unsqueeze(-1)
+    idx = torch.as_tensor(k, device=v.device).long().expand(v.shape[:-1]).unsqueeze(-1)
+    log_vk = torch.log(v.gather(-1, idx))
     others = -torch.log(-torch.log(v) / theta - log_vk)
     top = -torch.log(-log_vk)
-    return torch.where(torch.arange(v.shape[-1], device=v.device) == k, top, others)
+    return torch.where(torch.arange(v.shape[-1], device=v.device) == idx, top, others)
 
 
 @dataclass
@@ -366,6 +367,7 @@ class SearchStep:
                 var0 = RelaxTerms.variance_loss(terms.estimate(loss.detach()))
                 phi_grads = list(torch.autograd.grad(var0, phi))
         self.all_reduce(pol_grads + phi_grads)
+        self.last_grads = {"policy": pol_grads, "phi": phi_grads, "r": r, "v": v}
 
         # (5) Adam step on the policy (and phi)
         self.arch_optimizer.zero_grad(set_to_none=True)

@@ -229,7 +229,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if ctx.is_main:
         (ctx.run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         log.info("final: %s | run dir %s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
-                                             if k.startswith(("test_", "search_"))}, ctx.run_dir)
+                                             if k.startswith(("test_", "search_")) and k != "search_weights"}, ctx.run_dir)
         print(f"outputs in {ctx.run_dir} (policy.json, metrics.csv, final_metrics.json, train.log)")
     return result
 
@@ -319,8 +319,11 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
         policy.save(ctx.run_dir / "policy.json")
         log.info("found policy (top %d of %d sub-policies by softmax(beta)):\n%s", s.top_k, len(subpolicies), policy.describe())
     search_val_metrics = evaluate(model, data.search_val, data, ctx, cfg.train.eval_batch_size, cfg.num_workers)
+    position = {tuple(sp): i for i, sp in enumerate(subpolicies)}
+    weights = aug.weights.detach().cpu().tolist()
     return policy, {"search_steps": step, "search_val_acc1": search_val_metrics["acc1"],
-                    "search_top_weight": float(aug.weight_probabilities().max())}
+                    "search_top_weight": float(aug.weight_probabilities().max()),
+                    "search_weights": [weights[position[sp]] for sp in SUBPOLICIES]}  # canonical sub-policy order
 
 
 def gather(dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
