@@ -203,8 +203,6 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     path = find_resume(cfg.resume, ctx.run_dir)
     ckpt = load_checkpoint(path, map_location="cpu") if path else None
-    if ckpt is not None and ckpt.get("rng") is not None:
-        set_rng_state(ckpt["rng"])
     result: dict[str, Any] = {}
     step_budget = [cfg.max_steps if cfg.max_steps is not None else math.inf]
 
@@ -242,8 +240,10 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
         subpolicies = [subpolicies[i] for i in perm.tolist()]
     if ckpt is not None and ckpt.get("subpolicies"):
         subpolicies = [tuple(sp) for sp in ckpt["subpolicies"]]
-    model = create_model(s.model, data.num_classes).to(ctx.device)
-    aug = AugmentParameters(subpolicies, parametrisation=s.parametrisation).to(ctx.device)
+    model = seeded_model(s.model, data.num_classes, cfg.seed, 1).to(ctx.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 7 + 5)
+        aug = AugmentParameters(subpolicies, parametrisation=s.parametrisation).to(ctx.device)
     net_opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     arch_opt = torch.optim.Adam(aug.parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=s.arch_weight_decay)
     world = ctx.dist.world_size
@@ -265,6 +265,8 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
         arch_opt.load_state_dict(ckpt["arch_optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
         log.info("resumed the search at epoch %d, step %d", start_epoch, step)
     skip = step - start_epoch * steps_per_epoch
     val = data.search_val
@@ -326,6 +328,14 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
                     "search_weights": [weights[position[sp]] for sp in SUBPOLICIES]}  # canonical sub-policy order
 
 
+def seeded_model(name: str, num_classes: int, seed: int, phase: int) -> nn.Module:
+    """The network's initialisation depends only on (seed, phase), not on what ran before it
+    (so the search and the training start from the same weights after a resume)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1009 + phase)
+        return create_model(name, num_classes)
+
+
 def gather(dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch by index: tensor indexing for in-memory sets, per-item loading for image folders."""
     if hasattr(dataset, "images"):
@@ -345,7 +355,7 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
     if t.epochs == 0:
         return {}
     policy = resolve_policy(str(cfg.policy), searched, cfg.seed, ctx.run_dir)
-    model = create_model(cfg.model.name, data.num_classes).to(ctx.device)
+    model = seeded_model(cfg.model.name, data.num_classes, cfg.seed, 2).to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                 nesterov=t.nesterov)
     world = ctx.dist.world_size
@@ -364,6 +374,8 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
     skip = step - start_epoch * steps_per_epoch
     ddp_model = model
     if ctx.dist.enabled:
