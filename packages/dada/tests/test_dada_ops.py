@@ -184,3 +184,14 @@ def test_random_policy_is_in_the_search_space():
     pol = random_policy(25, torch.Generator().manual_seed(0))
     assert len(pol) == 25 and len({tuple(op for op, _, _ in s) for s in pol.subpolicies}) == 25
     assert all(tuple(op for op, _, _ in s) in SUBPOLICIES and all(p == 0.5 for _, p, _ in s) for s in pol.subpolicies)
+
+
+@pytest.mark.parametrize("name,index,rounded", [
+    ("cifar10", 17, [("TranslateX", 0.53, 0.51), ("Cutout", 0.69, 0.49)]),
+    ("cifar100", 13, [("Posterize", 0.31, 0.04), ("Contrast", 1.00, 0.08)]),
+    ("svhn", 20, [("TranslateY", 0.27, 0.50), ("Invert", 0.56, 0.29)]),
+    ("imagenet", 12, [("TranslateX", 0.31, 0.46), ("AutoContrast", 0.40, 0.00)]),
+])
+def test_presets_match_the_official_readme_tables(name, index, rounded):
+    sub = preset(name).subpolicies[index]
+    assert [(op, round(p, 2), round(m, 2)) for op, p, m in sub] == rounded
