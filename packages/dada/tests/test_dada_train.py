@@ -95,3 +95,36 @@ def test_two_process_torchrun_search_and_training_on_cpu(tmp_path):
     result = json.loads((tmp_path / "final_metrics.json").read_text())
     assert result["search_steps"] == 2 and result["train_steps"] == 1  # 64/2 ranks/16 = 1 step per search epoch
     assert "world size 2" in (tmp_path / "train.log").read_text()
+
+
+def test_search_batch_applies_the_drawn_subpolicy_and_pattern_to_every_image():
+    from dada.ops import OP_INDEX, apply_op
+    from dada.policy import SUBPOLICIES
+    from dada.search import AugmentParameters, draw_noise, relax
+    from dada.train import search_augment
+
+    aug = AugmentParameters()
+    with torch.no_grad():
+        aug.magnitudes.uniform_(0.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # a draw whose sub-policy is (Invert|Solarize|Posterize|Color ...) with both ops on
+        rel = relax(aug.weights, aug.prob_logits(), draw_noise(105, 2, g), 0.5)
+        if rel.b[rel.k].sum() == 2 and not set(SUBPOLICIES[rel.k]) & {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Cutout"}:
+            break
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    out = search_augment(x, rel, aug, list(SUBPOLICIES), torch.Generator().manual_seed(1))
+    ref = x
+    for j, op in enumerate(SUBPOLICIES[rel.k]):
+        ref = apply_op(ref, op, aug.levels()[rel.k, j].detach().double().expand(6))
+    assert torch.equal(out, ref) and not torch.equal(out, x)
+    assert OP_INDEX  # (imported for clarity)
+
+
+def test_training_uses_the_policy(tmp_path):
+    inv = tmp_path / "invert.json"
+    Policy(((("Invert", 1.0, 0.5), ("Invert", 0.0, 0.5)),)).save(inv)
+    a = fit(config("search.enabled=false", f"policy={inv}", "max_steps=1", "train.cutout=0"), tmp_path / "a")
+    b = fit(config("search.enabled=false", "policy=none", "max_steps=1", "train.cutout=0"), tmp_path / "b")
+    wa, wb = _load(tmp_path / "a" / "last.pt")["model"], _load(tmp_path / "b" / "last.pt")["model"]
+    assert not torch.equal(wa["features.0.weight"], wb["features.0.weight"])
+    assert a["train_steps"] == b["train_steps"] == 1

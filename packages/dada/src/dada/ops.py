@@ -155,19 +155,30 @@ def _affine_grids(theta: Tensor, height: int, width: int) -> Tensor:
     base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
     base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    scaled = theta.transpose(1, 2).div(torch.tensor([0.5 * width, 0.5 * height], dtype=dtype, device=device))
-    grid = base.view(1, height * width, 3).expand(theta.shape[0], -1, -1).bmm(scaled)
-    return grid.view(-1, height, width, 2)
+    scaled = theta.transpose(1, 2).div(torch.tensor([0.5 * width, 0.5 * height], dtype=dtype, device=device))  # (N, 3, 2)
+    n = theta.shape[0]
+    # one (H*W, 3) @ (3, 2N) product for all images (a batched bmm of tiny matrices is several times slower)
+    grid = base.view(height * width, 3).mm(scaled.permute(1, 0, 2).reshape(3, 2 * n))
+    return grid.view(height, width, n, 2).permute(2, 0, 1, 3)
 
 
-def geometric(images: Tensor, op: str, values: Tensor, interpolation: InterpolationMode = InterpolationMode.NEAREST,
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+GEOMETRIC_IDS = tuple(OPS.index(op) for op in GEOMETRIC)
+
+
+def geometric(images: Tensor, op: str | Tensor, values: Tensor, interpolation: InterpolationMode = InterpolationMode.NEAREST,
               fill: Sequence[float] | None = None) -> Tensor:
-    """Shear/Translate/Rotate with one value per image, as one ``grid_sample`` call."""
+    """Shear/Translate/Rotate with one value per image, as one ``grid_sample`` call. ``op`` is one
+    operation name, or a tensor of per-image operation indices (several geometric ops in one call)."""
     n, c, h, w = images.shape
     if n == 0:
         return images
-    uniq, inverse = torch.unique(values.detach().cpu().double(), return_inverse=True)
-    table = torch.tensor([_matrix_for(op, float(v), h, w) for v in uniq.tolist()], dtype=torch.float32)
+    op_ids = torch.full((n,), OP_INDEX[op]) if isinstance(op, str) else op.detach().cpu().long()
+    values = values.detach().cpu().double()
+    _, inverse = torch.unique(values * 0 + op_ids * 1000.0 + values, return_inverse=True)  # group (op, value) pairs
+    first = torch.full((int(inverse.max()) + 1,), n).scatter_reduce(0, inverse, torch.arange(n), "amin")
+    table = torch.tensor([_matrix_for(OPS[int(o)], v, h, w) for o, v in zip(op_ids[first].tolist(), values[first].tolist())],
+                         dtype=torch.float32)  # exact per-pair matrices from each group's own value
     theta = table[inverse].view(n, 2, 3).to(images.device)
     grid = _affine_grids(theta, h, w)
     x = images.float()
@@ -180,6 +191,16 @@ def geometric(images: Tensor, op: str, values: Tensor, interpolation: Interpolat
         fill_img = torch.tensor([float(f) for f in fill], device=x.device).view(1, -1, 1, 1).expand_as(x)
         x = torch.where(mask < 0.5, fill_img, x) if mode == "nearest" else (x - fill_img) * mask + fill_img
     return x.round_().to(images.dtype)
+
+
+def sample_geometric_values(op_ids: Tensor, levels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Per-image signed values for a mix of geometric operations (same mapping and random mirror
+    as :func:`sample_values`)."""
+    low = torch.tensor([RANGES[op][0] for op in OPS], dtype=torch.float64)[op_ids]
+    high = torch.tensor([RANGES[op][1] for op in OPS], dtype=torch.float64)[op_ids]
+    values = levels.to(torch.float64).clamp(0.0, 1.0) * (high - low) + low
+    flip = torch.rand(values.shape, generator=generator, dtype=torch.float64) > 0.5
+    return torch.where(flip, -values, values)
 
 
 # ------------------------------------------------------------------------ colour/pixel ops
@@ -230,8 +251,9 @@ def sharpness(images: Tensor, factors: Tensor) -> Tensor:
 
 
 def solarize(images: Tensor, thresholds: Tensor) -> Tensor:
-    thr = thresholds.to(torch.float64).view(-1, 1, 1, 1).to(images.device)
-    return torch.where(images >= thr, 255 - images, images)
+    # integer pixels: x >= t  <=>  x >= ceil(t); comparing in int16 avoids promoting the images to float64
+    thr = thresholds.to(torch.float64).ceil().clamp(0, 256).to(torch.int16).view(-1, 1, 1, 1).to(images.device)
+    return torch.where(images.to(torch.int16) >= thr, 255 - images, images)
 
 
 def posterize(images: Tensor, bits: Tensor) -> Tensor:

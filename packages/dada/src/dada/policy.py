@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .ops import OP_INDEX, OPS, apply_op
+from .ops import GEOMETRIC_IDS, OP_INDEX, OPS, apply_op, geometric, sample_geometric_values
 
 
 def enumerate_subpolicies(ops: Sequence[str] = OPS, k: int = 2) -> list[tuple[str, ...]]:
@@ -133,15 +133,33 @@ def apply_slots(images: Tensor, op_ids: Tensor, apply: Tensor, levels: Tensor,
     applied once to the images that carry it, with their own levels.
     """
     out = images
+    num_ops, n_geo = len(OPS), len(GEOMETRIC_IDS)
+    assert GEOMETRIC_IDS == tuple(range(n_geo))  # the geometric ops come first in OPS: one contiguous group
     for j in range(op_ids.shape[1]):
-        on = apply[:, j].to(images.device)
-        present = torch.unique(op_ids[:, j][apply[:, j]]).tolist()
-        if not present:
+        on = apply[:, j].cpu()
+        if not bool(on.any()):
             continue
-        out = out.clone()
-        for o in present:
-            idx = torch.nonzero(on & (op_ids[:, j].to(images.device) == o)).squeeze(1)
-            out[idx] = apply_op(out[idx], OPS[o], levels[idx.cpu(), j], generator, interpolation, fill)
+        key = torch.where(on, op_ids[:, j].cpu(), num_ops)  # num_ops = not applied
+        order = torch.argsort(key, stable=True)  # images grouped by operation: slices instead of gathers
+        counts = torch.bincount(key, minlength=num_ops + 1).tolist()
+        keys_sorted, levels_sorted = key[order], levels[order, j].cpu()
+        xs = out[order.to(images.device)]
+        pieces, start = [], 0
+        geo_count = sum(counts[:n_geo])
+        if geo_count:  # every geometric op of this slot in one grid_sample
+            sl = slice(0, geo_count)
+            values = sample_geometric_values(keys_sorted[sl], levels_sorted[sl], generator)
+            pieces.append(geometric(xs[sl], keys_sorted[sl], values, interpolation, fill))
+            start = geo_count
+        for o in range(n_geo, num_ops + 1):
+            c = counts[o]
+            if c == 0:
+                continue
+            sl = slice(start, start + c)
+            pieces.append(xs[sl] if o == num_ops else apply_op(xs[sl], OPS[o], levels_sorted[sl], generator, interpolation, fill))
+            start += c
+        out = torch.empty_like(xs)
+        out[order.to(images.device)] = torch.cat(pieces)
     return out
 
 

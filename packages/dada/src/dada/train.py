@@ -63,10 +63,11 @@ def step_generator(seed: int, phase: int, step: int, rank: int = 0) -> torch.Gen
     return torch.Generator().manual_seed(((seed * 1_000_003 + phase) * 1_000_033 + step) * 101 + rank)
 
 
-def postprocess(x: torch.Tensor, data: DataBundle, cutout: int, gen: torch.Generator) -> torch.Tensor:
-    """uint8 -> [0, 1] -> (ImageNet: PCA lighting) -> Normalize -> Cutout (after normalisation)."""
+def postprocess(x: torch.Tensor, data: DataBundle, cutout: int, gen: torch.Generator, train: bool = True) -> torch.Tensor:
+    """uint8 -> [0, 1] -> (training on ImageNet: PCA lighting) -> Normalize -> Cutout (after normalisation)."""
     x = x.float().div_(255.0)
-    x = lighting(x, data.lighting, gen)
+    if train:
+        x = lighting(x, data.lighting, gen)
     mean = torch.tensor(data.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=x.device).view(1, -1, 1, 1)
     return cutout_default((x - mean) / std, cutout, gen)
@@ -145,7 +146,7 @@ def evaluate(model: nn.Module, dataset, data: DataBundle, ctx, batch_size: int, 
     sums, count = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0}, 0
     for x, y in epoch_loader(dataset, batch_size, shuffle=False, seed=0, dist=ctx.dist, num_workers=num_workers):
         x, y = x.to(ctx.device), y.to(ctx.device)
-        logits = model(postprocess(x, data, 0, torch.Generator()))
+        logits = model(postprocess(x, data, 0, torch.Generator(), train=False))
         acc1, acc5 = topk_accuracy(logits, y, (1, 5))
         sums["loss"] += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         sums["acc1"] += acc1 * len(y)
@@ -285,18 +286,12 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
             noise = draw_noise(len(subpolicies), 2, step_generator(cfg.seed, 2, step), ctx.device)
             rel = stepper.relaxation(noise)
             x, y = x.to(ctx.device), y.to(ctx.device)
-            # the sampled sub-policy and on/off pattern for the whole batch; levels = clamp(m)
-            n = len(x)
-            op_ids = torch.tensor([[aug_index(op) for op in subpolicies[rel.k]]] * n)
-            applied = (rel.b[rel.k] > 0).cpu().expand(n, -1)
-            levels = aug.levels()[rel.k].detach().double().cpu().expand(n, -1)
-            x_aug = apply_slots(preprocess(x, data, gen), op_ids, applied, levels, gen)
-            x_aug = postprocess(x_aug, data, s.cutout, gen)
+            x_aug = postprocess(search_augment(preprocess(x, data, gen), rel, aug, subpolicies, gen), data, s.cutout, gen)
             vg = step_generator(cfg.seed, 3, 0 if s.official_fixed_val_batch else step, ctx.dist.rank)
             vidx = (torch.arange(min(s.batch_size, len(val))) if s.official_fixed_val_batch
                     else torch.randint(len(val), (min(s.batch_size, len(val)),), generator=vg))
             xv, yv = gather(val, vidx)
-            xv = postprocess(xv.to(ctx.device), data, 0, vg)
+            xv = postprocess(xv.to(ctx.device), data, 0, vg, train=False)
             xi = sched.get_last_lr()[0]
             stats = stepper(x_aug, y, xv, yv.to(ctx.device), noise, xi)
             sched.step()
@@ -326,6 +321,16 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
     return policy, {"search_steps": step, "search_val_acc1": search_val_metrics["acc1"],
                     "search_top_weight": float(aug.weight_probabilities().max()),
                     "search_weights": [weights[position[sp]] for sp in SUBPOLICIES]}  # canonical sub-policy order
+
+
+def search_augment(x: torch.Tensor, rel, aug: AugmentParameters, subpolicies, gen: torch.Generator) -> torch.Tensor:
+    """The search batch: the drawn sub-policy ``rel.k`` with the drawn on/off pattern ``rel.b[k]`` on every
+    image (one draw per mini-batch), at levels ``clamp(m_k)`` (per-image signs and Cutout boxes)."""
+    n = len(x)
+    op_ids = torch.tensor([[aug_index(op) for op in subpolicies[rel.k]]] * n)
+    applied = (rel.b[rel.k] > 0).cpu().expand(n, -1)
+    levels = aug.levels()[rel.k].detach().double().cpu().expand(n, -1)
+    return apply_slots(x, op_ids, applied, levels, gen)
 
 
 def seeded_model(name: str, num_classes: int, seed: int, phase: int) -> nn.Module:
