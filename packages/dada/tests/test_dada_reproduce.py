@@ -17,9 +17,9 @@ def test_ranks_of_the_planted_ops_sub_policies():
     assert flat["mean_rank"] == pytest.approx(53.0) and flat["in_top25"] == 0
 
 
-def test_verdict_needs_a_positive_mean_and_consistent_signs():
-    assert verdict([1.0, 2.0, 0.5]) and not verdict([1.0, 2.0, -0.5]) and not verdict([-1.0, -2.0, -3.0])
-    assert verdict([1.0, 2.0, 3.0, -0.1])  # from 4 seeds, one seed may disagree
+def test_verdict_is_the_projects_paired_t_test():
+    assert verdict([1.0, 1.2, 0.9]) == "holds" and verdict([-1.0, -1.2, -0.9]) == "does not hold"
+    assert verdict([1.0, -1.0, 0.5]) == "inconclusive" and verdict([0.1, -0.1, 0.05], "comparable", 1.5) == "holds"
 
 
 def test_parser_defaults():

@@ -165,7 +165,9 @@ def planted_transform(images: Tensor, op: str | None, level: float) -> Tensor:
     if not op:
         return images
     if op not in OPS:
-        raise ValueError(f"unknown planted op {op!r}; expected one of {OPS}")
+        from shared.errors import check_choice
+
+        check_choice("data.planted_op", op, OPS)
     values = level_to_value(op, torch.full((len(images),), float(level), dtype=torch.float64))
     boxes = sample_cutout_boxes(values, images.shape[-2], images.shape[-1], torch.Generator().manual_seed(0)) if op == "Cutout" else None
     return apply_values(images, op, values, boxes)
@@ -230,7 +232,10 @@ def build_data(d, seed: int = 0) -> DataBundle:
         test = TransformedFolder(val_base, range(len(val_base.targets)), val_base.targets, imagenet_test_transform())
         return DataBundle(s_train, s_val, train, test, len(train_base.classes), IMAGENET_MEAN, IMAGENET_STD, "none",
                           lighting=0.1, info={"data": "imagenet", "search_classes": len(classes)})
-    raise ValueError(f"unknown data.name {name!r}; expected one of {DATASETS}")
+    from shared.errors import check_choice
+
+    check_choice("data.name", name, DATASETS)
+    raise AssertionError(name)
 
 
 # ------------------------------------------------------------------------ batched stages

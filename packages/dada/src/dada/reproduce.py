@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.cli import entry
+
 PLANTED = [("Invert", 0.5), ("Solarize", 0.5)]
 LOWDATA_ARMS = [("none", "policy=none"), ("random policy", "policy=random"), ("TrivialAugmentWide", "policy=trivialaugment"),
                 ("AutoAugment (CIFAR-10)", "policy=autoaugment_cifar10"), ("DADA published CIFAR-10", "policy=dada_cifar10"),
@@ -58,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="low-data comparison: training epochs (500 images: 480 steps, trained to convergence)")
     p.add_argument("--toy-samples", type=int, default=5000)
     p.add_argument("--quick", action="store_true", help="tiny run for tests (plumbing only)")
-    p.add_argument("--render", action="store_true", help="only re-render results.md/csv from <out>/raw.json")
     return p
 
 
@@ -95,9 +96,11 @@ def _ranks(weights: list[float], op: str) -> dict:
             "mass": sum(math.exp(weights[i]) for i in members) / total, "ranks": sorted(round(r, 1) for r in ranks)}
 
 
-def verdict(diffs: list[float]) -> bool:
-    """Holds when the paired difference is positive on average and in every seed but at most one."""
-    return statistics.fmean(diffs) > 0 and sum(d > 0 for d in diffs) >= len(diffs) - (1 if len(diffs) >= 4 else 0)
+def verdict(diffs: list[float], claim: str = "higher", margin: float = 0.0) -> str:
+    """The project's rule (shared.metrics.paired_verdict): a one-sided paired t-test at 5 %."""
+    from shared.metrics import paired_verdict
+
+    return paired_verdict(diffs, claim, margin).verdict
 
 
 def run_toy(n: int, seed: int = 0) -> list[dict]:
@@ -167,15 +170,14 @@ def search_cost(quick: bool) -> dict:
             "paper_setting_fraction": (s / p) * (2000 * 20) / (50000 * 200)}
 
 
+@entry
 def main(argv: list[str] | None = None) -> None:
+    from shared.provenance import Provenance, compose
+
     args = build_parser().parse_args(argv)
+    prov = Provenance(args, argv, threads=1, workers=args.workers, script="dada-reproduce")
     t_start = time.perf_counter()
     out = Path(args.out)
-    if args.render:
-        payload = json.loads((out / "raw.json").read_text())
-        write_report(out, payload, payload["args"].get("argv", []))
-        print((out / "results.md").read_text())
-        return
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(os.environ.get("REPRO_RUNS", "runs")) / "dada" / "reproduce" / ("quick" if args.quick else "full")
     if args.quick:
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             jobs.append((f"low|{label}|{s}", [*base, *low, ov, *extra], str(runs / f"low_{ov.split('=')[1]}_s{s}")))
     # the searches first (longest jobs), so the pool finishes together
     jobs.sort(key=lambda j: "searched" not in j[0])
+    for name, overrides, _ in jobs:
+        prov.add_run(name, compose("dada.conf", overrides), overrides, config_module="dada.conf")
     print(f"{len(jobs)} fit() runs on {args.workers} workers; runs in {runs}", flush=True)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
@@ -214,27 +218,27 @@ def main(argv: list[str] | None = None) -> None:
     cost = search_cost(args.quick)
     by = {r["job"]: r for r in results}
     wall = time.perf_counter() - t_start
-    payload = {"args": {**vars(args), "argv": argv if argv is not None else sys.argv[1:]}, "jobs": {r["job"]: {k: v for k, v in r.items() if k != "job"} for r in results},
+    payload = {"args": vars(args), "jobs": {r["job"]: {k: v for k, v in r.items() if k != "job"} for r in results},
                "toy": toy, "cost": cost, "wall_seconds": wall}
     (out / "raw.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    write_report(out, payload, argv)
+    write_report(out, payload, prov)
     print((out / "results.md").read_text())
 
 
-def write_report(out: Path, payload: dict, argv) -> None:
-    from shared.metrics import ResultRow, write_results
+def write_report(out: Path, payload: dict, prov) -> None:
+    from shared.metrics import ResultRow
+    from shared.report import Section, Table
+    from shared.report import write_report as write_doc
 
     args = payload["args"]
     seeds = range(args["seeds"])
     jobs = payload["jobs"]
-    rows, notes = [], []
-    mech_lines = ["## Mechanism check: ranks of the sub-policies containing the planted operation", "",
-                  "| planted op | seed | mean rank (chance 53) | in top 25 (chance 3.3) | softmax(beta) mass (chance 13.3%) | ranks |",
-                  "|---|---|---|---|---|---|"]
+    rows = []
+    rank_rows = []
     for op, _ in PLANTED:
         stats = [_ranks(jobs[f"mech|{op}|searched|{s}"]["search_weights"], op) for s in seeds]
         for s, st in zip(seeds, stats):
-            mech_lines.append(f"| {op} | {s} | {st['mean_rank']:.1f} | {st['in_top25']} | {100 * st['mass']:.1f}% | {st['ranks']} |")
+            rank_rows.append([op, s, round(st["mean_rank"], 1), st["in_top25"], f"{100 * st['mass']:.1f}%", str(st["ranks"])])
         rank_gain = [53.0 - st["mean_rank"] for st in stats]
         rows.append(ResultRow(setting=f"mechanism ({op} planted in val/test): mean rank of the 14 sub-policies with {op}",
                               metric="53 - mean rank (chance 0)", values=rank_gain, baseline=0.0,
@@ -245,6 +249,7 @@ def write_report(out: Path, payload: dict, argv) -> None:
             rows.append(ResultRow(setting=f"mechanism ({op}): found policy - {arm}", metric="test acc@1 diff (pts, paired)",
                                   values=d, baseline=acc[arm], paper="found policy helps" if arm == "none" else "not claimed",
                                   direction="higher (> 0)", holds=verdict(d)))
+    mech_rows, rows = rows, []
     low = {label: [jobs[f"low|{label}|{s}"]["test_acc1"] for s in seeds] for label, _ in LOWDATA_ARMS}
     for label, _ in LOWDATA_ARMS:
         if label == "DADA searched":
@@ -253,14 +258,16 @@ def write_report(out: Path, payload: dict, argv) -> None:
         claim = {"none": ("DADA > no augmentation (Tables 2-4)", "higher (> 0)"),
                  "AutoAugment (CIFAR-10)": ("DADA ≈ AutoAugment", "comparable (|d| < 1.5 pts)"),
                  "DADA published CIFAR-10": ("", "")}.get(label, ("not claimed", ""))
-        holds = verdict(d) if claim[1].startswith("higher") else (abs(statistics.fmean(d)) < 1.5 if claim[1].startswith("comparable") else None)
+        holds = verdict(d) if claim[1].startswith("higher") else (verdict(d, "comparable", 1.5) if claim[1].startswith("comparable") else None)
         rows.append(ResultRow(setting=f"low-data synthetic ({args['n_train_low']} images): DADA searched - {label}",
                               metric="test acc@1 diff (pts, paired)", values=d, baseline=low[label], paper=claim[0] or None,
                               direction=claim[1], holds=holds))
+    low_rows, rows = rows, []
     cost = payload["cost"]
     rows.append(ResultRow(setting="search step / plain training step (small CNN, batch 64, 1 thread)", metric="time ratio",
                           values=[cost["ratio"]], paper="one-pass search; ~5 passes per step", direction="3-8x",
                           holds=3 <= cost["ratio"] <= 8))
+    cost_rows, rows = rows, []
     for t in payload["toy"][:-1]:
         unbiased_claim = "REINFORCE" in t["estimator"] or "RELAX" in t["estimator"]
         rows.append(ResultRow(setting=f"toy (4 sub-policies x 2 ops, known gradient): {t['estimator']}",
@@ -280,31 +287,40 @@ epochs on {args['n_train']} images in the mechanism check, {args.get('train_epoc
 {args['n_train_low']} images in the low-data comparison (trained to convergence: the paper's claims are about converged
 networks; a first 30-epoch version of this comparison, 120 steps, was far from converged and every augmentation lowered
 accuracy there). Seeds: {args['seeds']} (data, init and order paired across arms within a seed). Hardware: {platform.machine()} CPU,
-{os.cpu_count()} cores, {args['workers']} worker processes x 1 thread. Wall-clock: {wall / 60:.1f} min.
-Command: `dada-reproduce {' '.join(argv if argv is not None else sys.argv[1:])}`.{' **--quick: a plumbing check, not a result.**' if quick else ''}
-
-**Why the mechanism check must show the effect if the code is right.** The validation and test images carry a
+{os.cpu_count()} cores, {args['workers']} worker processes x 1 thread. Wall-clock: {wall / 60:.1f} min.{' **--quick: a plumbing check, not a result.**' if quick else ''}"""
+    why = f"""**Why the mechanism check must show the effect if the code is right.** The validation and test images carry a
 transformation (inverted colours; solarisation at threshold 128) that no training image shows and that exactly one
 operation of the search space produces at its initial level. DADA's policy gradient is the change of the validation loss
 after one training step on the augmented batch: a batch augmented by a sub-policy containing that operation moves the
 network towards the validation distribution, so the RELAX estimate of that sub-policy's weight is negative on average and
 its weight rises. Sub-policies without it do not help the validation loss more than the plain step. If the 14 sub-policies
 containing the operation do not rank above chance (mean rank 53), the gradient estimate or its sign is broken."""
-    notes = ["\n".join(mech_lines), "",
-             "## Estimator toy", "",
-             "| estimator | max abs z (bias) | relative bias | total variance |", "|---|---|---|---|",
-             *[f"| {t['estimator']} | {t['max_abs_z']:.2f} | {t['rel_bias']:.4f} | {t['total_variance']:.3g} |" for t in payload["toy"][:-1]],
-             "", f"Control-variate variance objective: {cv['cv_loss_first']:.3f} (first 20 steps) -> {cv['cv_loss_last']:.3f} (last 20).",
-             "", "## Search cost", "",
-             f"A search step takes {cost['search_step_s'] * 1000:.0f} ms, a plain training step {cost['plain_step_s'] * 1000:.0f} ms "
+    toy_table = Table(["estimator", "max abs z (bias)", "relative bias", "total variance"],
+                      [[t["estimator"], round(t["max_abs_z"], 2), round(t["rel_bias"], 4), t["total_variance"]] for t in payload["toy"][:-1]])
+    toy_after = f"Control-variate variance objective: {cv['cv_loss_first']:.3f} (first 20 steps) -> {cv['cv_loss_last']:.3f} (last 20)."
+    cost_after = (f"A search step takes {cost['search_step_s'] * 1000:.0f} ms, a plain training step {cost['plain_step_s'] * 1000:.0f} ms "
              f"(ratio {cost['ratio']:.1f}: the unrolled pass, the validation pass at w', two passes at w +- r v, RELAX's "
              f"autograd on the control variate; the network step reuses the first pass's gradient). In the paper's reduced "
              f"CIFAR-10 setting (2,000 search images x 20 epochs vs 50,000 x 200 epochs of final training) this ratio makes "
-             f"the search {100 * cost['paper_setting_fraction']:.1f}% of one final training's compute.", "",
-             "## Reading this table", "",
+             f"the search {100 * cost['paper_setting_fraction']:.1f}% of one final training's compute.")
+    notes = ["## Reading these tables", "",
              "- The paper does not claim that DADA beats a random policy; a `no` there is not a failed claim.",
-             "- `holds` for a paired difference: positive mean and positive in every seed (but one, from 4 seeds on); "
-             "fixed before running.",
+             "- `holds` follows the project's rule (shared.metrics.paired_verdict): a one-sided paired t-test at 5 % over "
+             "seeds; `inconclusive` when neither direction clears it.",
              "- Synthetic, tiny-scale results check the mechanics; they are not evidence about CIFAR/SVHN/ImageNet numbers "
              "(run the `experiment/` configs on real data for that)."]
-    write_results(rows, out, "DADA: small-scale claim checks (synthetic)", preamble, "\n".join(notes))
+    sections = [
+        Section("Mechanism check: a planted need (synthetic)", text=why, rows=mech_rows,
+                table=Table(["planted op", "seed", "mean rank (chance 53)", "in top 25 (chance 3.3)",
+                             "softmax(beta) mass (chance 13.3%)", "ranks of its 14 sub-policies"], rank_rows)),
+        Section("Low-data comparison (synthetic, scaled-down paper setting)",
+                text="The paper's setting scaled down: train from scratch with each policy (paired seeds: same data, init "
+                     "and order), test on held-out images of the same distribution (no planted shift).", rows=low_rows),
+        Section("Search cost", rows=cost_rows, after=cost_after),
+        Section("Estimators on a toy with a known gradient", rows=rows, table=toy_table, after=toy_after),
+    ]
+    mech_holds = [r.holds for r in mech_rows]
+    headline = (f"mechanism check (synthetic, planted Invert/Solarize): verdicts {', '.join(str(h) for h in mech_holds)}; "
+                f"search step {cost['ratio']:.1f}x a plain step")
+    write_doc(out, "DADA: small-scale claim checks (synthetic)", sections, intro=preamble, notes="\n".join(notes),
+              provenance=prov, headline=headline)

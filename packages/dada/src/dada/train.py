@@ -25,26 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchvision.transforms import v2
 
+from shared.cli import hydra_main
+from shared.errors import CheckpointError, ConfigError, check_choice, check_range, require
 from shared.metrics import topk_accuracy
-from shared.runtime import (
-    Progress,
-    autocast,
-    epoch_loader,
-    hydra_run_dir,
-    reduce_metrics,
-    save_training_state,
-    start_run,
-    to_plain,
-    unwrap,
-)
+from shared.runtime import Progress, epoch_loader, hydra_run_dir, reduce_metrics, save_training_state, start_run
 from shared.runtime.checkpoint import find_resume, load_checkpoint
-from shared.runtime.seed import set_rng_state
+from shared.runtime.run import restore_rng
 
 from .data import DataBundle, build_data, cutout_default, lighting, random_crop_flip
 from .models import create_model, list_models
@@ -88,7 +79,8 @@ def resolve_policy(name: str, searched: Policy | None, seed: int, run_dir: str |
         if searched is None and os.path.isfile(os.path.join(run_dir, "policy.json")):
             return Policy.load(os.path.join(run_dir, "policy.json"))
         if searched is None:
-            raise ValueError("policy=searched needs search.enabled=true (or a policy.json from a previous search)")
+            raise ConfigError("policy=searched needs a search (search.enabled=false was set); set search.enabled=true, "
+                              "or policy=<a policy .json> / a preset such as dada_cifar10")
         return searched
     if name == "random":
         return random_policy(25, torch.Generator().manual_seed(seed + 7919))
@@ -104,7 +96,7 @@ def resolve_policy(name: str, searched: Policy | None, seed: int, run_dir: str |
         return v2.TrivialAugmentWide()
     if os.path.isfile(name):
         return Policy.load(name)
-    raise ValueError(f"unknown policy {name!r}; expected one of {BASELINE_POLICIES} or a policy .json file")
+    raise ConfigError(f"unknown policy {name!r}; use one of {', '.join(BASELINE_POLICIES)} or a policy .json file")
 
 
 def augment(x: torch.Tensor, policy, gen: torch.Generator) -> torch.Tensor:
@@ -168,25 +160,28 @@ def _all_reduce_mean(ctx):
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Registry names and value ranges, before any data or model is built."""
+    """Registry names and value ranges, before any data or model is built (one-line ConfigErrors)."""
     s = cfg.search
-    checks = [
-        ("model.name", cfg.model.name, list_models()), ("search.model", s.model, list_models()),
-        ("search.estimator", s.estimator, list(ESTIMATORS)), ("search.parametrisation", s.parametrisation, list(PARAMETRISATIONS)),
-        ("train.schedule", cfg.train.schedule, ["cosine", "resnet"]),
-    ]
-    for key, value, choices in checks:
-        if value not in choices:
-            raise ValueError(f"{key}={value!r} is not a known choice; expected one of {choices}")
-    if cfg.policy not in BASELINE_POLICIES and not os.path.isfile(str(cfg.policy)):
-        raise ValueError(f"policy={cfg.policy!r} is not a known choice; expected one of {list(BASELINE_POLICIES)} or a policy .json")
-    for key, value, lo in [("search.tau", s.tau, 1e-6), ("search.epochs", s.epochs, 0), ("train.epochs", cfg.train.epochs, 0),
-                           ("search.batch_size", s.batch_size, 1), ("train.batch_size", cfg.train.batch_size, 1),
-                           ("search.top_k", s.top_k, 1), ("search.lr", s.lr, 0), ("train.lr", cfg.train.lr, 0)]:
-        if value < lo:
-            raise ValueError(f"{key}={value} is out of range; it must be >= {lo}")
-    if s.top_k > len(SUBPOLICIES):
-        raise ValueError(f"search.top_k={s.top_k} is out of range; it must be <= {len(SUBPOLICIES)}")
+    check_choice("model.name", cfg.model.name, list_models())
+    check_choice("search.model", s.model, list_models())
+    check_choice("search.estimator", s.estimator, list(ESTIMATORS))
+    check_choice("search.parametrisation", s.parametrisation, list(PARAMETRISATIONS))
+    check_choice("train.schedule", cfg.train.schedule, ["cosine", "resnet"])
+    from .data import DATASETS
+
+    check_choice("data.name", cfg.data.name, list(DATASETS))
+    if str(cfg.policy) not in BASELINE_POLICIES and not os.path.isfile(str(cfg.policy)):
+        check_choice("policy", str(cfg.policy), list(BASELINE_POLICIES) + ["<a policy .json file>"])
+    check_range("search.tau", s.tau, 0.0, lo_inclusive=False)
+    check_range("search.epochs", s.epochs, 0, integer=True)
+    check_range("train.epochs", cfg.train.epochs, 0, integer=True)
+    check_range("search.batch_size", s.batch_size, 1, integer=True)
+    check_range("train.batch_size", cfg.train.batch_size, 1, integer=True)
+    check_range("search.top_k", s.top_k, 1, len(SUBPOLICIES), integer=True)
+    check_range("search.lr", s.lr, 0.0)
+    check_range("search.arch_lr", s.arch_lr, 0.0)
+    check_range("train.lr", cfg.train.lr, 0.0)
+    check_range("search.hvp_r", s.hvp_r, 0.0, lo_inclusive=False)
 
 
 # ------------------------------------------------------------------------------------ fit
@@ -194,9 +189,8 @@ def validate_config(cfg: DictConfig) -> None:
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     validate_config(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
+    amp_ok = True if not cfg.search.enabled else "the DADA search runs in float32 (finite-difference second-order step)"
+    ctx = start_run(cfg, out_dir, amp_supported=amp_ok)
     t_start = time.perf_counter()
     data = build_data(cfg.data, seed=cfg.seed)
     log.info("data %s: search %d/%d (train/val), train %d, test %d, %d classes", data.info.get("data"),
@@ -259,15 +253,15 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
     step, start_epoch = 0, 0
     if ckpt is not None and ckpt.get("phase") == "search":
         if ckpt["model_args"].get("arch") != s.model:
-            raise ValueError(f"resume: the checkpoint searched with {ckpt['model_args'].get('arch')!r}, this run with {s.model!r}")
+            raise CheckpointError(f"resume: the checkpoint in {ctx.run_dir} searched with {ckpt['model_args'].get('arch')!r} but this "
+                                  f"run with {s.model!r}; use another run directory (name=...) or resume=null")
         model.load_state_dict(ckpt["model"])
         aug.load_state_dict(ckpt["aug"])
         net_opt.load_state_dict(ckpt["optimizer"])
         arch_opt.load_state_dict(ckpt["arch_optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
-        if ckpt.get("rng") is not None:
-            set_rng_state(ckpt["rng"])
+        restore_rng(ckpt)
         log.info("resumed the search at epoch %d, step %d", start_epoch, step)
     skip = step - start_epoch * steps_per_epoch
     val = data.search_val
@@ -301,11 +295,11 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
         skip = 0
         done = step >= (epoch + 1) * steps_per_epoch or step >= total
         epoch_done = epoch + 1 if done else epoch
+        save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=net_opt, scheduler=sched, step=step,
+                            epoch=epoch_done, cfg=cfg, model_args=model_args, phase="search",
+                            aug=aug.state_dict(), arch_optimizer=arch_opt.state_dict(),
+                            subpolicies=[list(sp) for sp in subpolicies])
         if ctx.is_main:
-            save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=net_opt, scheduler=sched, step=step,
-                                epoch=epoch_done, cfg=cfg, model_args=model_args, phase="search",
-                                aug=aug.state_dict(), arch_optimizer=arch_opt.state_dict(),
-                                subpolicies=[list(sp) for sp in subpolicies])
             w = aug.weight_probabilities()
             ctx.metrics.log(phase="search", epoch=epoch_done, step=step, search_loss=last_loss,
                             weight_entropy=float(-(w * w.log()).sum()), top_weight=float(w.max()))
@@ -373,14 +367,13 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
     if ckpt is not None:
         for key in ("arch", "num_classes", "policy"):
             if ckpt["model_args"].get(key) != model_args[key]:
-                raise ValueError(f"resume: checkpoint {key}={ckpt['model_args'].get(key)!r} but this run has "
-                                 f"{key}={model_args[key]!r}; use another run directory")
+                raise CheckpointError(f"resume: the checkpoint in {ctx.run_dir} has {key}={ckpt['model_args'].get(key)!r} but this "
+                                      f"run has {key}={model_args[key]!r}; use another run directory (name=...) or resume=null")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
-        if ckpt.get("rng") is not None:
-            set_rng_state(ckpt["rng"])
+        restore_rng(ckpt)
     skip = step - start_epoch * steps_per_epoch
     ddp_model = model
     if ctx.dist.enabled:
@@ -399,13 +392,14 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
             gen = step_generator(cfg.seed, 4, step, ctx.dist.rank)
             x, y = x.to(ctx.device), y.to(ctx.device)
             x = postprocess(augment(preprocess(x, data, gen), policy, gen), data, t.cutout, gen)
-            with autocast(ctx.device, enabled=bool(cfg.amp)):
+            with ctx.amp.autocast():
                 loss = nn.functional.cross_entropy(ddp_model(x), y, label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            ctx.amp.backward(loss)
             if t.grad_clip:
+                ctx.amp.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
+            ctx.amp.step(optimizer)
             scheduler.step()
             step += 1
             loss_sum, seen = loss_sum + loss.item() * len(y), seen + len(y)
@@ -420,15 +414,14 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
             train_loss = reduce_metrics({"loss": loss_sum}, max(seen, 1), ctx.device)["loss"]
             ctx.metrics.log(phase="train", epoch=epoch_done, step=step, train_loss=train_loss, **metrics)
             log.info("epoch %d step %d: train loss %.4f, test acc@1 %.2f%%", epoch_done, step, train_loss, metrics["test_acc1"])
-        if ctx.is_main:
-            save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                epoch=epoch_done, cfg=cfg, model_args=model_args, phase="train", search_steps=search_steps)
+        save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                            epoch=epoch_done, cfg=cfg, model_args=model_args, phase="train", search_steps=search_steps)
     if not metrics:
         metrics = {f"test_{k}": v for k, v in evaluate(model, data.test, data, ctx, t.eval_batch_size, cfg.num_workers).items()}
     return {**metrics, "train_steps": step, "policy": str(cfg.policy)}
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 
