@@ -262,7 +262,7 @@ def run_search(cfg, ctx, data: DataBundle, ckpt, step_budget) -> tuple[Policy | 
         sched.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
         restore_rng(ckpt)
-        log.info("resumed the search at epoch %d, step %d", start_epoch, step)
+        log.info("resumed from %s (search phase) at epoch %d, step %d", ctx.run_dir / "last.pt", start_epoch, step)
     skip = step - start_epoch * steps_per_epoch
     val = data.search_val
     last_loss = float("nan")
@@ -374,6 +374,7 @@ def run_training(cfg, ctx, data: DataBundle, searched: Policy | None, ckpt, step
         scheduler.load_state_dict(ckpt["scheduler"])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
         restore_rng(ckpt)
+        log.info("resumed from %s (training phase) at epoch %d, step %d", ctx.run_dir / "last.pt", start_epoch, step)
     skip = step - start_epoch * steps_per_epoch
     ddp_model = model
     if ctx.dist.enabled:
