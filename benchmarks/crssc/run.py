@@ -35,7 +35,9 @@ N_HISTORY, LENGTH, NUM_CLASSES = 50_000, 5, 200
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/crssc/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(p, out=str(HERE), threads=2)
+    # a relative default (run from the repository root, as `make bench-crssc` does): the provenance records the
+    # defaults, and an absolute path would differ in every clone
+    add_bench_args(p, out="benchmarks/crssc", threads=2)
     p.add_argument("--goal", type=float, default=1.1, help="CRSSC step time at most this many times CE's")
     return p
 
