@@ -28,7 +28,6 @@ from shared.cli import entry
 from shared.provenance import Provenance
 from shared.report import Section
 
-HERE = Path(__file__).resolve().parent
 N_HISTORY, LENGTH, NUM_CLASSES = 50_000, 5, 200
 
 
