@@ -299,3 +299,18 @@ def test_crssc_loss_passes_the_all_certain_rule_on():
     official = crssc_loss(z, y, torch.arange(4), mem, epoch=1, warmup=1, all_certain="official")
     assert paper.partition.reusable.tolist() == [False, False, True, True]
     assert official.partition.reusable.sum() == 0 and official.partition.dropped.tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crssc_loss_selects_like_the_official_sort_and_split_on_the_softmax_over_classes(seed):
+    """The partition crssc_loss trains with equals the official procedure fed with independently computed (float64)
+    label-smoothed losses and the std of each sample's softmax over the classes (not over the batch)."""
+    c, n, eps = 6, 24, 0.2
+    z, y = _logits(n=n, c=c, seed=seed, scale=3.0)
+    out = crssc_loss(z, y, torch.arange(n), _memory_with({i: 0 for i in range(n)}, n, c), epoch=2, warmup=1, eps=eps)
+    p = torch.softmax(z.double(), dim=1)
+    losses = -(smoothed_targets(y, c, eps).double() * p.log()).sum(dim=1)
+    clean, reusable, dropped = select_reference(losses, p.std(dim=1))
+    assert reusable and dropped  # the case decides something
+    got = [m.nonzero().flatten().tolist() for m in (out.partition.clean, out.partition.reusable, out.partition.dropped)]
+    assert got == [clean, reusable, dropped]

@@ -174,3 +174,31 @@ def test_two_process_torchrun_fit_on_cpu_shares_one_history(tmp_path):
     assert result["step"] == 6 and "world size 2" in (tmp_path / "train.log").read_text()
     counts = _ckpt(tmp_path)["memories"][0]["count"]
     assert (counts == 2).all()  # every sample recorded once per epoch, whichever rank saw it
+
+
+@pytest.mark.parametrize("select_on, want_epoch, want_test", [("val", 2, 10.0), ("test", 1, 50.0)])
+def test_model_selection_uses_the_noisy_validation_split_never_the_test_split(tmp_path, monkeypatch, select_on,
+                                                                            want_epoch, want_test):
+    """Scripted accuracies (val 10/30/20, test 50/10/40): selecting on val picks epoch 2 (test 10), whatever the
+    test set says; the official protocol (select_on=test) picks epoch 1; the oracle is reported apart."""
+    script = {"val": [10.0, 30.0, 20.0], "test": [50.0, 10.0, 40.0]}
+
+    def fake_evaluate(model, dataset, ctx, batch_size, num_workers=0):
+        split = "val" if dataset is data_seen["val"] else "test"
+        return {"acc": script[split].pop(0), "loss": 0.0}
+
+    data_seen = {}
+    real_build = train_mod.build_data
+
+    def spy_build(cfg, seed):
+        data = real_build(cfg, seed=seed)
+        data_seen["val"] = data.val
+        return data
+
+    monkeypatch.setattr(train_mod, "build_data", spy_build)
+    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    result = fit(config("resume=null", f"select_on={select_on}"), tmp_path)
+    assert (result["selected_epoch"], result["test_acc_selected"]) == (want_epoch, want_test)
+    assert (result["oracle_epoch"], result["test_acc_oracle"]) == (1, 50.0)
+    assert result["test_acc_last"] == 40.0
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == want_epoch
