@@ -14,7 +14,7 @@ from opanas.train import fit
 TINY = ["data.train_images=8", "data.search_images=4", "data.val_images=4", "data.size=64", "data.batch_size=2",
         "model.neck_channels=8", "model.min_size=64", "model.max_size=64", "model.backbone_channels=[8,8,16,16]",
         "search.population=2", "search.generations=2", "search.topk=1", "search.num_mutation=1",
-        "search.num_crossover=1", "eval.batch_size=4", "num_threads=1", "ckpt_every=1000"]
+        "search.num_crossover=1", "eval.batch_size=4", "threads=1", "ckpt_every=1000"]
 
 
 def _cfg(tmp_path, *extra):
