@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 
 from shared.errors import CheckpointError
 
-from opanas import OPS, BottomUp, FusingSplitting, ScaleEqualizing, TopDown, build_detector, list_models
+from opanas import OFFICIAL_ARCH, OPS, BottomUp, FusingSplitting, ScaleEqualizing, TopDown, build_detector, list_models
 from opanas.arch import NUM_EDGES, sample_arch
 from opanas.neck import FPN, OPANASNeck, build_neck, fpn_inner_channels_for
 
@@ -174,7 +174,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 def test_one_training_step_of_every_detector(name):
     det, neck = name.rsplit("_", 1)
     torch.manual_seed(0)
-    model = build_detector(3, detector=det, neck=neck, arch="official" if neck == "opanas" else None,
+    model = build_detector(3, detector=det, neck=neck, arch=OFFICIAL_ARCH if neck == "opanas" else None,
                            neck_channels=8, backbone_channels=(8, 8, 16, 16), min_size=64, max_size=64,
                            representation_size=16, opanas={"dcn_impl": "grid_sample"})
     images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
@@ -211,7 +211,7 @@ def test_evaluation_size_and_range_multiscale():
 
 def test_parameter_matched_fpn():
     chans = [16, 24, 32, 48]
-    neck = build_neck("opanas", chans, 16, arch="official")
+    neck = build_neck("opanas", chans, 16, arch=OFFICIAL_ARCH)
     target = sum(p.numel() for p in neck.parameters())
     w = fpn_inner_channels_for(target, chans, 16)
     fpn = FPN(chans, 16, inner_channels=w)
@@ -230,5 +230,6 @@ def test_parameter_matched_fpn():
     std.load_state_dict(std_sd)
     x = OrderedDict((str(i), torch.randn(1, c, 16 >> i, 16 >> i)) for i, c in enumerate(chans))
     a, b = std(x), tv(x)
-    for k in a:
+    assert list(a) == [*b, "pool"]
+    for k in b:
         torch.testing.assert_close(a[k], b[k])
