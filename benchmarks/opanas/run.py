@@ -105,7 +105,7 @@ def main(argv=None) -> None:
                              "256x256 and scaled to 800x1216.",
                         table=Table(["neck", "params (M)", "params / FPN", "GFLOPs", "FLOPs / FPN"], size_rows),
                         after="The official OPANAS-112 neck has 5.03 M parameters with the official FS weight sharing "
-                              "(the paper's count, matched exactly by the tests).")]
+                              "(our count of the official code's structure, pinned by the tests; not a number the paper prints).")]
 
     # ---- 2. deformable conv
     x = torch.randn(8, 64, 16, 16, requires_grad=True)
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     sections.append(Section("Deformable conv, forward + backward, 8x64x16x16, 3x3 (CPU)",
                             table=timing_table(dcn, base),
                             after=f"The grid_sample implementation is {speed:.1f}x faster than torchvision's on this "
-                                  "CPU (both equal to float64 references in the tests).", figures=["ratios.png"]))
+                                  "CPU (the two agree in float64, forward and gradients, in the tests).", figures=["ratios.png"]))
 
     # ---- 3. train steps, 4. candidate scoring
     rpn = dict(rpn_batch_size_per_image=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,

@@ -281,7 +281,7 @@ def write_report(out: Path, payload: dict, prov) -> None:
     cost = [(runs[f"searched|{s}"]["supernet_seconds"] + runs[f"searched|{s}"]["search_seconds"]) / 60 for s in seeds]
     retrain = [runs[f"searched|{s}"]["retrain_seconds"] / 60 for s in seeds]
     cost_rows = [ResultRow("search cost (super-net training + evolutionary search), 1 thread", "wall-minutes", cost,
-                           baseline=retrain, paper="4 GPU-days on COCO (about 1/3 of the 8-GPU budget of a retrain)",
+                           baseline=retrain, paper="4 GPU-days on COCO (abstract)",
                            direction="", holds=None)]
     for s in seeds:
         plot_arch(runs[f"searched|{s}"]["searched_arch"], out / f"architecture_seed{s}.png",
