@@ -125,7 +125,7 @@ def test_batched_augmentation():
         assert any(torch.equal(out[b], w) for w in windows)
     flips = augment_images(x.repeat(50, 1, 1, 1), torch.Generator().manual_seed(1), 0, True)
     flipped = [torch.equal(f, x[i % 2].flip(2)) for i, f in enumerate(flips)]
-    assert 10 < sum(flipped) < 40  # about half
+    assert 30 < sum(flipped) < 70  # about half of 100
 
 
 def test_rings_geometry_and_intrusion():

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from shared.errors import ConfigError
+
 HYPERGRADS = ("exact", "finite_difference")
 GRANULARITIES = ("batch", "sample")
 INITS = ("carry", "beta")
@@ -68,32 +70,34 @@ class MetaConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown meta option(s) {unknown}; expected some of {sorted(names)}.")
+            raise ConfigError(f"unknown option(s) method.meta.{unknown}; use some of: {', '.join(sorted(names))}")
         return cls(**d)
 
     def validate(self) -> None:
+        """Names and ranges (a :class:`~shared.errors.ConfigError`, one line, on the first bad value)."""
+        from shared.errors import check_choice, check_range, require
+
         for key, value, choices in (("hypergrad", self.hypergrad, HYPERGRADS),
                                     ("granularity", self.granularity, GRANULARITIES), ("init", self.init, INITS),
                                     ("param", self.param, PARAMS), ("meta_optim", self.meta_optim, META_OPTIMS),
                                     ("virtual_params", self.virtual_params, VIRTUAL_PARAMS),
                                     ("meta_bn", self.meta_bn, META_BN)):
-            if value not in choices:
-                raise ValueError(f"meta.{key}={value!r} is not one of {list(choices)}.")
-        if not 0.0 <= self.lam_min < self.lam_max <= 1.0:
-            raise ValueError(f"need 0 <= meta.lam_min < meta.lam_max <= 1, got {self.lam_min}, {self.lam_max}.")
-        if self.init == "carry" and not self.lam_min < self.lam_init < self.lam_max:
-            raise ValueError(f"meta.lam_init={self.lam_init} must lie strictly inside "
-                             f"({self.lam_min}, {self.lam_max}).")
-        if self.meta_optim == "adam" and not (self.init == "carry" and self.granularity == "batch"):
-            raise ValueError("meta.meta_optim=adam needs meta.init=carry and meta.granularity=batch "
-                             "(a re-drawn or per-example ratio has no running moment estimates); use sgd.")
+            check_choice(f"method.meta.{key}", value, choices)
+        check_range("method.meta.lam_min", self.lam_min, 0, 1, hi_inclusive=False)
+        check_range("method.meta.lam_max", self.lam_max, 0, 1, lo_inclusive=False)
+        require(self.lam_min < self.lam_max, f"method.meta.lam_min={self.lam_min} is not below lam_max={self.lam_max}",
+                "set 0 <= lam_min < lam_max <= 1 (e.g. 0.5 and 1.0)")
+        if self.init == "carry":
+            check_range("method.meta.lam_init", self.lam_init, self.lam_min, self.lam_max, lo_inclusive=False,
+                        hi_inclusive=False)
+        require(self.meta_optim != "adam" or (self.init == "carry" and self.granularity == "batch"),
+                f"method.meta.meta_optim=adam needs init=carry and granularity=batch (got {self.init}, {self.granularity})",
+                "use method.meta.meta_optim=sgd for re-drawn or per-example ratios")
         for key in ("meta_lr", "fd_eps", "alpha"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"meta.{key} must be > 0, got {getattr(self, key)}.")
-        if self.meta_steps < 1 or self.every < 1:
-            raise ValueError("meta.meta_steps and meta.every must be >= 1.")
-        if self.virtual_lr is not None and not self.virtual_lr > 0:
-            raise ValueError(f"meta.virtual_lr must be > 0 or null (the optimiser's lr), got {self.virtual_lr}.")
+            check_range(f"method.meta.{key}", getattr(self, key), 0, lo_inclusive=False)
+        check_range("method.meta.meta_steps", self.meta_steps, 1, integer=True)
+        check_range("method.meta.every", self.every, 1, integer=True)
+        check_range("method.meta.virtual_lr", self.virtual_lr, 0, lo_inclusive=False, allow_none=True)
 
 
 # ------------------------------------------------------------------------------ the hypergradient

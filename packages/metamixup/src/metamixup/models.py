@@ -49,6 +49,16 @@ def create_model(name: str, num_classes: int, **kwargs) -> "StagedNet":
     return _MODELS[name](num_classes=num_classes, **kwargs)
 
 
+def num_stages(name: str, kwargs: dict | None = None) -> int:
+    """How many stages a registered model has (built on the meta device: no memory, no data needed).
+    Mixing is possible after stages ``0..num_stages - 1`` (0 = the input)."""
+    kwargs = dict(kwargs or {})
+    if name == "mlp":
+        kwargs.setdefault("in_features", 2)
+    with torch.device("meta"):
+        return create_model(name, 2, **kwargs).num_stages
+
+
 class MixAt(NamedTuple):
     """Where and how to mix inside a forward pass: after stage ``layer`` (0 = the input)."""
 

@@ -24,18 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from shared.cli import hydra_main
+from shared.errors import CheckpointError, ConfigError, check_choice, check_range, require
 from shared.metrics import topk_accuracy
 from shared.runtime import (
     CSVLogger,
     Progress,
-    autocast,
     epoch_loader,
     hydra_run_dir,
     maybe_resume,
@@ -48,8 +48,8 @@ from shared.runtime import (
 
 from .data import DATASETS, DataBundle, IndexDataset, Split, build_data, stream_indices, write_labeled_idx
 from .meta import MetaConfig, MetaMixUp
-from .mixing import cutmix, mix, one_hot, pair_index, sample_lam, soft_cross_entropy, torchvision_batch_mix
-from .models import MixAt, create_model, list_models
+from .mixing import PAIRINGS, cutmix, mix, one_hot, pair_index, sample_lam, soft_cross_entropy, torchvision_batch_mix
+from .models import MixAt, create_model, list_models, num_stages
 from .ssl import consistency_loss, ema_update, refine_pseudo_labels, sigmoid_rampup
 
 log = logging.getLogger("metamixup")
@@ -63,43 +63,62 @@ SCHEDULES = ("cosine", "multistep", "constant")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Names and ranges, checked before any data or model is built."""
-    def choice(key: str, value: Any, choices) -> None:
-        if value not in choices:
-            raise ValueError(f"{key}={value!r} is not one of {list(choices)}.")
-
-    def positive(key: str, value: Any, zero_ok: bool = False) -> None:
-        if value is None or not (value >= 0 if zero_ok else value > 0):
-            raise ValueError(f"{key}={value!r} must be {'>= 0' if zero_ok else '> 0'}.")
-
+    """Every registry name and value range of a run, checked before any data or model is built."""
     m = cfg.method
-    choice("method.name", m.name, METHODS)
-    choice("model.name", cfg.model.name, list_models())
-    choice("data.name", cfg.data.name, DATASETS)
-    choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        positive(key, cfg[key])
-    positive("optim.lr", cfg.optim.lr)
-    positive("optim.weight_decay", cfg.optim.weight_decay, zero_ok=True)
+    check_choice("method.name", m.name, METHODS)
+    check_choice("model.name", cfg.model.name, list_models())
+    check_choice("data.name", cfg.data.name, DATASETS)
+    check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+        check_range(key, cfg[key], 1, integer=True)
+    check_range("optim.lr", cfg.optim.lr, 0, lo_inclusive=False)
+    check_range("optim.weight_decay", cfg.optim.weight_decay, 0)
+    check_range("optim.momentum", cfg.optim.momentum, 0, 1, hi_inclusive=False)
+    check_range("data.meta_size", cfg.data.get("meta_size") or 0, 0, integer=True)
+    check_range("data.num_labeled", cfg.data.get("num_labeled"), 1, integer=True, allow_none=True)
+    if cfg.data.name in ("synthetic", "rings"):
+        check_range("data.n_train", cfg.data.n_train, 2, integer=True)
+        check_range("data.n_test", cfg.data.n_test, 1, integer=True)
+        check_range("data.num_classes", cfg.data.num_classes, 2, integer=True)
     if "alpha" in m:
-        positive("method.alpha", m.alpha, zero_ok=True)
-    if m.name == "manifold_mixup" and not list(m.layers):
-        raise ValueError("method.layers must list at least one layer (0 = the input).")
-    if m.name in SSL_METHODS and not cfg.data.get("num_labeled"):
-        raise ValueError(f"method={m.name} is semi-supervised: set data.num_labeled (e.g. experiment=ssl_synthetic).")
+        check_range("method.alpha", m.alpha, 0)
+    if "pairing" in m:
+        check_choice("method.pairing", m.pairing, PAIRINGS)
+    if "impl" in m:
+        check_choice("method.impl", m.impl, ("native", "torchvision"))
+    if m.name == "cutmix":
+        check_range("method.prob", m.prob, 0, 1)
+        require(cfg.data.name != "rings", "method=cutmix pastes image boxes, but data=rings is 2-D points",
+                "use an image dataset or another method")
+    stages = num_stages(cfg.model.name, to_plain(cfg.model.get("kwargs", {})) or {})
+    if m.name == "manifold_mixup":
+        require(len(m.layers) > 0, "method.layers is empty", "list at least one layer, e.g. method.layers=[0,1,2]")
+        for layer in m.layers:
+            check_range("method.layers[]", layer, 0, stages - 1, integer=True)
+    if m.name in SSL_METHODS:
+        require(bool(cfg.data.get("num_labeled")), f"method={m.name} is semi-supervised but data.num_labeled is not set",
+                "set data.num_labeled (e.g. data.num_labeled=200) or use a supervised method")
+        check_range("method.weight", m.weight, 0)
+        check_range("ssl.unlabeled_batch_size", cfg.ssl.unlabeled_batch_size, 1, integer=True)
+        check_range("ssl.rampup_steps", cfg.ssl.rampup_steps, 0, integer=True)
+        check_choice("ssl.teacher", cfg.ssl.teacher, ("ema", "model"))
+        check_range("ssl.ema_decay", cfg.ssl.ema_decay, 0, 1)
+        check_range("ssl.views", cfg.ssl.views, 1, integer=True)
+        check_range("ssl.temperature", cfg.ssl.temperature, 0, 1, lo_inclusive=False)
+        check_range("ssl.threshold", cfg.ssl.threshold, 0, 1)
+        if "consistency" in m:
+            check_choice("method.consistency", m.consistency, ("ce", "mse"))
     if m.name in META_METHODS:
         MetaConfig.from_dict(to_plain(m.meta)).validate()
-        choice("method.meta_source", m.meta_source, ("holdout", "train"))
-        if m.meta_source == "holdout" and not cfg.data.get("meta_size") and m.name == "metamixup":
-            raise ValueError("method.meta_source=holdout needs data.meta_size > 0 (or use method.meta_source=train).")
-        positive("method.meta_batch_size", m.meta_batch_size)
-    if m.name in SSL_METHODS:
-        positive("ssl.unlabeled_batch_size", cfg.ssl.unlabeled_batch_size)
-        choice("ssl.teacher", cfg.ssl.teacher, ("ema", "model"))
-        if not 0 < cfg.ssl.temperature <= 1:
-            raise ValueError(f"ssl.temperature={cfg.ssl.temperature} must lie in (0, 1].")
-        if not 0 <= cfg.ssl.threshold <= 1:
-            raise ValueError(f"ssl.threshold={cfg.ssl.threshold} must lie in [0, 1].")
+        check_choice("method.meta_source", m.meta_source, ("holdout", "train"))
+        require(not (m.name == "metamixup" and m.meta_source == "holdout" and not cfg.data.get("meta_size")),
+                "method.meta_source=holdout needs a held-out meta split but data.meta_size is 0",
+                "set data.meta_size > 0 or method.meta_source=train")
+        check_range("method.meta_batch_size", m.meta_batch_size, 1, integer=True)
+        check_range("method.mix_layer", m.mix_layer, 0, stages - 1, integer=True)
+    w = cfg.get("weights")
+    require(w is None or Path(str(w)).expanduser().is_file(), f"weights={w!r} is not a file",
+            "pass weights=null or weights=/path/to/state_dict.pt (a state dict of this model)")
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -222,9 +241,7 @@ def evaluate(model: nn.Module, data: DataBundle, ctx, batch_size: int) -> dict[s
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     validate(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
+    ctx = start_run(cfg, out_dir)
     method, name = cfg.method, cfg.method.name
     rank, world = ctx.dist.rank, ctx.dist.world_size
 
@@ -236,7 +253,10 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         model_kwargs["in_features"] = int(np.prod(data.in_shape))
     else:
         model_kwargs["in_channels"] = data.in_shape[0]
-    model = create_model(cfg.model.name, num_classes, **model_kwargs).to(ctx.device)
+    model = create_model(cfg.model.name, num_classes, **model_kwargs)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    model.to(ctx.device)
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * world))
     total_steps = cfg.epochs * steps_per_epoch
@@ -253,6 +273,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, model, optimizer, scheduler, expect=model_args,
                         map_location=ctx.device)
+    if ckpt:
+        ctx.amp.load_state_dict(ckpt.get("amp"))
     step = ckpt["step"] if ckpt else 0
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt and controller is not None:
@@ -292,11 +314,13 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         xm = data.inputs(meta_set.x[midx], ctx.device)
         ym = meta_set.y[midx].to(ctx.device)
         reduce = reduce_sum if (controller.cfg.granularity == "sample" and controller.cfg.init == "carry") else reduce_mean
-        with autocast(ctx.device, enabled=bool(cfg.amp)):
+        # the meta step runs in full precision (a second-order gradient through a virtual step is not
+        # loss-scaled); the real update around it honours `amp`
+        with torch.autocast(device_type=ctx.device.type, enabled=False):
             return controller.step(core, train_loss, lambda forward: F.cross_entropy(forward(xm), ym),
                                    lr=scheduler.get_last_lr()[0], step=step, batch_size=len(b.y), rng=b.rng,
-                                   sample_ids=b.ids if ids is None else ids,
-                                   reduce=reduce, device=ctx.device, dtype=b.x.dtype)
+                                   sample_ids=b.ids if ids is None else ids, reduce=reduce, device=ctx.device,
+                                   dtype=torch.float32)
 
     max_steps = cfg.max_steps if cfg.max_steps is not None else total_steps
     metrics: dict[str, float] = {}
@@ -313,15 +337,15 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             rng, gen = _step_rngs(cfg.seed, step, rank)
             b = Batch(data.inputs(data.train.x[idx], ctx.device, augment, gen), data.train.y[idx].to(ctx.device),
                       idx, rng, gen)
-            with autocast(ctx.device, enabled=bool(cfg.amp)):
+            with ctx.amp.autocast():
                 if name in SUPERVISED_METHODS:
                     loss, lam = supervised_loss(method, model, b, num_classes, meta_lam if controller else None)
                 else:
                     loss, lam = ssl_loss(cfg, model, teacher, data, b, num_classes, step, rank, world, ctx.device,
                                          augment, meta_lam if controller else None)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            ctx.amp.backward(loss)
+            ctx.amp.step(optimizer)
             scheduler.step()
             if teacher is not None:
                 ema_update(teacher, core, cfg.ssl.ema_decay, step)
@@ -352,7 +376,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                             **metrics, **extra)
             log.info("epoch %d step %d: train loss %.4f, test acc@1 %.2f%%%s", epoch_done, step, train_loss,
                      metrics["test_acc1"], f", lam {extra['lam']:.3f}" if extra else "")
-        state_extra = {}
+        state_extra = {"amp": ctx.amp.state_dict()}
         if controller is not None:
             state_extra["metamixup"] = controller.state_dict()
         if teacher is not None:
@@ -474,7 +498,22 @@ def plot_lambda(run_dir: Path) -> Path | None:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def load_weights(model: nn.Module, path: str) -> None:
+    """Initialise the model from a local state dict (``weights=<file>``: a plain state dict, or a training
+    checkpoint of this package whose ``model`` entry is one)."""
+    from shared.runtime import load_checkpoint
+
+    state = load_checkpoint(Path(str(path)).expanduser())
+    state = state.get("model", state) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"weights={path} does not fit this model ({first}); pass the state dict of a "
+                              f"{type(model).__name__} with the same classes, or weights=null") from None
+
+
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 
