@@ -161,6 +161,24 @@ def test_meta_step_has_no_side_effects(hypergrad, meta_bn):
     assert before[3] == after[3]  # train/eval flags restored
 
 
+@pytest.mark.parametrize("param", ["sigmoid", "clip"])
+def test_the_carried_ratio_starts_at_lam_init(param):
+    ctrl = MetaMixUp(MetaConfig(lam_init=0.83, param=param, meta_optim="sgd"))
+    assert ctrl.lam == pytest.approx(0.83, abs=1e-12)
+    assert float(ctrl.lam_from_phi(ctrl.phi_from_lam(torch.tensor(0.61, dtype=torch.float64)))) == pytest.approx(0.61)
+
+
+def test_adam_meta_step_moves_against_the_hypergradient():
+    model, x, y, index, xv, yv = _problem()
+    train_loss, meta_loss = _closures(x, y, index, xv, yv)
+    ctrl = MetaMixUp(MetaConfig(meta_optim="adam", meta_lr=0.1, lam_init=0.7, lam_min=0.0, lam_max=1.0))
+    g, _ = hypergradient(model, train_loss, meta_loss, torch.tensor(0.7, dtype=torch.float64), 0.7, "exact")
+    lam1 = ctrl.step(model, train_loss, meta_loss, lr=0.7, step=0, batch_size=6, dtype=torch.float64)
+    # Adam's first step moves the logit by exactly lr against the gradient's sign
+    expected = torch.sigmoid(torch.logit(torch.tensor(0.7, dtype=torch.float64)) - 0.1 * torch.sign(g))
+    assert float(lam1) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_meta_update_lowers_the_meta_loss_and_uses_the_sign_of_the_hypergradient():
     model, x, y, index, xv, yv = _problem()
     train_loss, meta_loss = _closures(x, y, index, xv, yv)

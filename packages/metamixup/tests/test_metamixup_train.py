@@ -3,6 +3,7 @@ every method and experiment runs / composes, bad input fails early, and a 2-proc
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,6 +93,57 @@ def test_metamixup_trains_on_the_ratio_returned_by_the_meta_step():
     torch.testing.assert_close(seen["at_half"], soft_cross_entropy(model(mix(ref.x, 0.5, index)), mix(ys, 0.5, index)))
 
 
+@pytest.mark.parametrize("impl", ["native", "torchvision"])
+def test_cutmix_and_torchvision_mixup_losses_replay(impl):
+    from metamixup.mixing import cutmix, torchvision_batch_mix
+
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.rand(6, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 3, widths=(4, 4, 4))
+    cfg = config("method=cutmix", f"method.impl={impl}", "method.prob=1.0", base=IMAGES)
+    rng, gen = _step_rngs(1, 3, 0)
+    loss, lam = supervised_loss(cfg.method, model, Batch(x, y, torch.arange(6), rng, gen), 3, None)
+    rng, gen = _step_rngs(1, 3, 0)
+    rng.random()  # the prob draw
+    if impl == "torchvision":
+        xm, ym = torchvision_batch_mix("cutmix", x, y, 1.0, 3, int(rng.integers(2**62)))
+    else:
+        index = pair_index(6, "randperm", gen)
+        xm, ym, _ = cutmix(x, one_hot(y, 3), sample_lam(1.0, rng), index, rng)
+    assert not torch.equal(xm, x)
+    torch.testing.assert_close(loss, soft_cross_entropy(model(xm), ym))
+    cfg = config("method=mixup", "method.impl=torchvision", base=IMAGES)
+    rng, gen = _step_rngs(2, 3, 0)
+    loss, lam = supervised_loss(cfg.method, model, Batch(x, y, torch.arange(6), rng, gen), 3, None)
+    rng, gen = _step_rngs(2, 3, 0)
+    xm, ym = torchvision_batch_mix("mixup", x, y, 1.0, 3, int(rng.integers(2**62)))
+    torch.testing.assert_close(loss, soft_cross_entropy(model(xm), ym))
+    assert float(lam) == pytest.approx(float(ym[0, y[0]]))  # y[0] != y[-1]: the ratio read off the labels
+
+
+def test_learning_rate_schedules():
+    from metamixup.train import build_scheduler
+
+    def lrs(*ov):
+        cfg = config("epochs=4", "optim.lr=1.0", *ov)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sch = build_scheduler(cfg, opt, steps_per_epoch=10)
+        out = []
+        for _ in range(40):
+            out.append(sch.get_last_lr()[0])
+            opt.step()
+            sch.step()
+        return out
+
+    cos = lrs("optim.schedule=cosine")
+    assert cos[0] == 1.0 and cos[20] == pytest.approx(0.5) and cos[39] == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    step = lrs("optim.schedule=multistep", "optim.milestones=[1,3]", "optim.gamma=0.1")
+    assert step[9] == 1.0 and step[10] == pytest.approx(0.1) and step[30] == pytest.approx(0.01)
+    warm = lrs("optim.schedule=constant", "optim.warmup_epochs=1")
+    assert warm[0] == pytest.approx(0.1) and warm[9] == 1.0 and warm[39] == 1.0
+
+
 def test_meta_batches_come_from_the_held_out_split():
     tr, me = Split(torch.zeros(5, 2), torch.zeros(5, dtype=torch.long)), Split(torch.ones(3, 2), torch.ones(3, dtype=torch.long))
     d = DataBundle(tr, tr, 2, "vector", meta=me)
@@ -105,6 +157,36 @@ def _ssl_bundle(n_lab=6, n_unl=10, c=3):
     tr = Split(torch.randn(n_lab, 2, generator=g), torch.arange(n_lab) % c, torch.arange(n_lab))
     un = Split(torch.randn(n_unl, 2, generator=g), torch.arange(n_unl) % c, torch.arange(n_unl) + n_lab)
     return DataBundle(tr, tr, c, "vector", unlabeled=un)
+
+
+def test_pseudo_label_loss_uses_confident_argmax_of_the_unlabelled_batch():
+    cfg = config("method=pseudo_label", "method.threshold=0.4", "data.num_labeled=6", "ssl.unlabeled_batch_size=8",
+                 "ssl.rampup_steps=0", "method.weight=2.0")
+    data, model = _ssl_bundle(), _model()
+    b = _batch(5)
+    b = Batch(data.train.x, data.train.y, data.train.ids, b.rng, b.gen)
+    loss, lam = ssl_loss(cfg, model, None, data, b, 3, step=1, rank=0, world=1, device="cpu", augment=None, lam_fn=None)
+    from metamixup.data import stream_indices
+
+    xu = data.unlabeled.x[stream_indices(10, 8, 1, cfg.seed * 7 + 2)]
+    logits = model(torch.cat([data.train.x, xu]))
+    lu = logits[6:]
+    conf, hard = torch.softmax(lu, -1).max(-1)
+    mask = (conf >= 0.4).float()
+    assert 0 < mask.sum() < 8  # the threshold matters in this case
+    expected = F.cross_entropy(logits[:6], data.train.y) + 2.0 * (F.cross_entropy(lu, hard, reduction="none") * mask).mean()
+    torch.testing.assert_close(loss, expected)
+    assert lam is None
+
+
+def test_mixup_at_a_fixed_ratio():
+    cfg = config("method=mixup", "method.fixed_lam=0.8")
+    model, b = _model(), _batch(6)
+    loss, lam = supervised_loss(cfg.method, model, b, 3, None)
+    ref = _batch(6)
+    index = pair_index(6, "randperm", ref.gen)
+    assert float(lam) == pytest.approx(0.8)
+    torch.testing.assert_close(loss, soft_cross_entropy(model(mix(ref.x, 0.8, index)), mix(one_hot(ref.y, 3), 0.8, index)))
 
 
 def test_ict_loss_replays_mean_teacher_targets_mixed_like_the_inputs():
@@ -198,6 +280,14 @@ def test_ssl_resume_restores_the_teacher(tmp_path):
     assert (tmp_path / "a" / "labeled_idx.json").is_file()
 
 
+def test_the_mean_teacher_is_updated_every_step(tmp_path):
+    fit(config("method=ict", "data.num_labeled=24", "ssl.unlabeled_batch_size=8", "ssl.ema_decay=0.0", "max_steps=2"),
+        tmp_path)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    for k, v in ck["model"].items():  # decay 0: the teacher is a copy of the student after every step
+        assert torch.equal(ck["teacher"][k], v), k
+
+
 def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
     fit(config("max_steps=1"), tmp_path)
     with pytest.raises(Exception, match="method"):
@@ -255,3 +345,4 @@ def test_two_process_torchrun_fit_on_cpu(tmp_path):
     result = json.loads((tmp_path / "final_metrics.json").read_text())
     assert result["step"] == 3 and "world size 2" in (tmp_path / "train.log").read_text()
     assert result["final_lam"] != pytest.approx(0.75)  # the carried ratio moved (all-reduced hypergradient)
+    assert len(result["final_lam_ranks"]) == 2 and len(set(result["final_lam_ranks"])) == 1  # the same on both ranks

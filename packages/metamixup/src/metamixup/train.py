@@ -35,6 +35,7 @@ from shared.errors import CheckpointError, ConfigError, check_choice, check_rang
 from shared.metrics import topk_accuracy
 from shared.runtime import (
     CSVLogger,
+    all_gather_objects,
     Progress,
     epoch_loader,
     hydra_run_dir,
@@ -82,6 +83,11 @@ def validate(cfg: DictConfig) -> None:
         check_range("data.num_classes", cfg.data.num_classes, 2, integer=True)
     if "alpha" in m:
         check_range("method.alpha", m.alpha, 0)
+    if m.get("fixed_lam") is not None:
+        check_range("method.fixed_lam", m.fixed_lam, 0, 1)
+        require(m.impl == "native", "method.fixed_lam needs the native mixup", "set method.impl=native")
+    if m.name == "pseudo_label":
+        check_range("method.threshold", m.threshold, 0, 1)
     if "pairing" in m:
         check_choice("method.pairing", m.pairing, PAIRINGS)
     if "impl" in m:
@@ -195,7 +201,9 @@ def supervised_loss(method: DictConfig, model: nn.Module, b: Batch, num_classes:
         x_mix, y_mix = torchvision_batch_mix("mixup", b.x, b.y, method.alpha, num_classes, int(b.rng.integers(2**62)))
         return soft_cross_entropy(model(x_mix), y_mix), _recover_lam(y_mix, b.y, pair_index(len(b.y), "roll"))
     if name == "mixup":
-        layer, lam = 0, torch.tensor(sample_lam(method.alpha, b.rng), dtype=b.x.dtype)
+        fixed = method.get("fixed_lam")
+        lam = torch.tensor(sample_lam(method.alpha, b.rng) if fixed is None else float(fixed), dtype=b.x.dtype)
+        layer = 0
     elif name == "manifold_mixup":
         layer = int(b.rng.choice(list(method.layers)))
         lam = torch.tensor(sample_lam(method.alpha, b.rng), dtype=b.x.dtype)
@@ -391,10 +399,14 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
               "n_unlabeled": n_unlab}
     if controller is not None:
         result["final_lam"] = controller.lam if controller.cfg.granularity == "batch" else None
+        if ctx.dist.enabled:  # a collective: every rank must keep the same carried ratio
+            result["final_lam_ranks"] = all_gather_objects(result["final_lam"])
     if ctx.is_main:
         (ctx.run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        plot_lambda(ctx.run_dir)
-        log.info("final: test acc@1 %.2f%% (%s on %s) | outputs in %s", result["test_acc1"], name, data.name, ctx.run_dir)
+        plot = plot_lambda(ctx.run_dir)
+        lam_note = f" | final lam {result['final_lam']:.3f}" if result.get("final_lam") is not None else ""
+        log.info("final: test acc@1 %.2f%% (%s on %s)%s | outputs in %s%s", result["test_acc1"], name, data.name,
+                 lam_note, ctx.run_dir, f" (lam trajectory: {plot.name})" if plot else "")
     return result
 
 
@@ -416,7 +428,7 @@ def ssl_loss(cfg: DictConfig, model: nn.Module, teacher: nn.Module | None, data:
         lx, lu = logits[:nl], logits[nl:]
         probs = torch.softmax(lu.detach().float(), -1)
         conf, hard = probs.max(-1)
-        mask = (conf >= s.threshold).to(lu.dtype)
+        mask = (conf >= method.threshold).to(lu.dtype)
         unsup = (F.cross_entropy(lu, hard, reduction="none") * mask).mean()
         return F.cross_entropy(lx, b.y) + w * unsup, None
 
