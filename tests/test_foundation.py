@@ -285,6 +285,20 @@ def test_report_is_rendered_only_from_data(tmp_path):
     assert render_report(tmp_path) != (tmp_path / "results.md").read_text()
 
 
+def test_headline_fallback_counts_every_verdict():
+    """Without a written headline the root table counts all claim rows' verdicts (a failing claim cannot be
+    hidden behind the first rows that hold)."""
+    from shared.metrics import ResultRow
+    from shared.report import Section, _headline, _section_to_json
+
+    rows = [ResultRow(f"r{i}", "acc", [1.0, 2.0], holds=h) for i, h in
+            enumerate(["holds", "holds", "holds", "does not hold", "inconclusive", "n/a"])]
+    doc = {"sections": [_section_to_json(Section("a", rows=rows[:3])), _section_to_json(Section("b", rows=rows[3:]))]}
+    assert _headline(doc) == ("5 claim rows: 3 holds, 1 does not hold, 1 inconclusive "
+                              "(no headline written; see the package's results)")
+    assert _headline({**doc, "headline": "written"}) == "written"
+
+
 def test_compare_with_defaults_names_each_differing_key(tmp_path):
     import argparse
 

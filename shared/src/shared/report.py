@@ -211,18 +211,22 @@ def papers_table(repo: str | os.PathLike) -> str:
 
 
 def _headline(doc: dict[str, Any]) -> str:
-    """The report's ``headline``, or, when it has none, the verdicts of its first claim rows."""
+    """The report's ``headline``, or, when it has none, the count of each verdict over all its claim rows
+    (never a hand-picked subset: the first rows alone can hide the claims that fail)."""
     if doc.get("headline"):
         return doc["headline"]
-    parts = []
+    counts: dict[str, int] = {}
     for s in map(_section_from_json, doc.get("sections", [])):
         for r in s.rows:
-            d = r.as_dict()
-            if d["holds"] in ("n/a", ""):
-                continue
-            parts.append(f"{r.setting}: {d['ours']} vs {d['baseline'] or d['paper']} ({d['holds']})")
-            if len(parts) == 3:
-                return "; ".join(parts)
+            verdict = r.as_dict()["holds"]
+            if verdict not in ("n/a", ""):
+                counts[verdict] = counts.get(verdict, 0) + 1
+    if not counts:
+        return ""
+    order = sorted(counts, key=lambda v: ("holds", "does not hold", "inconclusive").index(v)
+                   if v in ("holds", "does not hold", "inconclusive") else 3)
+    return (f"{sum(counts.values())} claim rows: " + ", ".join(f"{counts[v]} {v}" for v in order)
+            + " (no headline written; see the package's results)")
     return "; ".join(parts)
 
 
