@@ -144,7 +144,10 @@ def slow_depatch(dep, x: torch.Tensor) -> torch.Tensor:
 def _stage_input(model, images: torch.Tensor, stage: int) -> torch.Tensor:
     """The feature map a stage's patch embedding reads (hooked from a forward pass)."""
     seen = {}
-    handle = getattr(model, f"patch_embed{stage}").register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0]))
+    def grab(module, inputs, output) -> None:  # returns None: the module's output is left unchanged
+        seen.setdefault("x", inputs[0])
+
+    handle = getattr(model, f"patch_embed{stage}").register_forward_hook(grab)
     with torch.no_grad():
         model(images)
     handle.remove()
