@@ -314,6 +314,22 @@ def test_compare_with_defaults_names_each_differing_key(tmp_path):
     assert diffs == ["runs[r].threads: committed 2, current default None"]
 
 
+def test_output_paths_compare_across_clones():
+    """A provenance written in one clone (absolute --out into that clone) matches the defaults of another;
+    a different folder inside the repository still differs."""
+    import argparse
+
+    from shared.provenance import Provenance, compare_with_defaults
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="/home/me/clone/benchmarks/pkg")
+    data = Provenance({"out": "/ci/other-clone/benchmarks/pkg"}, []).to_dict()
+    assert data["args"]["out"] == "benchmarks/pkg"
+    assert compare_with_defaults(data, parser) == []
+    data["args"]["out"] = "/x/benchmarks/other"
+    assert compare_with_defaults(data, parser) == ["args.out: committed 'benchmarks/other', current default 'benchmarks/pkg'"]
+
+
 def test_benchmark_helper_interleaves_and_measures_memory(tmp_path):
     from shared.bench import allocation_probe, compare, peak_memory
 

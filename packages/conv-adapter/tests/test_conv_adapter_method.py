@@ -8,7 +8,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from conv_adapter import (
+    DEFAULT_REDUCTION,
     SCHEMES,
+    adapter_modules,
     ConvAdapter,
     ConvAdapterConfig,
     adapter_config,
@@ -58,6 +60,57 @@ def test_adapter_module_shape_count_and_groups():
         ConvAdapter(64, 64, reduction=3)
 
 
+def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter (biases and alpha included) drawn at random, so that no term of a formula hides."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
+@pytest.mark.parametrize("act,fn", [("relu", torch.relu), ("gelu", nn.functional.gelu), ("silu", nn.functional.silu)])
+def test_adapter_forward_equals_the_formula_in_float64(act, fn):
+    """Delta h = alpha * W_up * act(W_down *_g h + b_down) + ..., written out with F.conv2d in float64."""
+    a = _randomise(ConvAdapter(16, 24, kernel_size=3, stride=2, padding=1, reduction=4, act=act)).double()
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hidden = nn.functional.conv2d(x, a.down.weight, a.down.bias, stride=2, padding=1, groups=4)
+    expected = a.scale * nn.functional.conv2d(fn(hidden), a.up.weight, a.up.bias)
+    assert torch.allclose(a(x), expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(a(x), a.scale * nn.functional.conv2d(hidden, a.up.weight, a.up.bias))  # act matters
+
+
+def _adapted_pairs(model: nn.Module):
+    """(name, adapted module) for every module that carries an adapter."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "conv_adapter")]
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_adds_its_adapter_to_the_module_output(scheme, block):
+    """parallel: y = f(x) + A(x); sequential: y = f(x) + A(f(x)), for every adapted module (float64)."""
+    model = tiny(block=block, scheme=scheme).double().eval()
+    for i, (_, a) in enumerate(adapter_modules(model)):
+        _randomise(a, seed=i)
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: inputs.__setitem__(n, args[0]))
+             for n, m in _adapted_pairs(model)]
+    with torch.no_grad():
+        model(X.double())
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == len(_adapted_pairs(model)) > 0
+    with torch.no_grad():
+        for name, module in _adapted_pairs(model):
+            x = inputs[name]
+            adapter = module.conv_adapter
+            y = module(x)
+            with disable_adapters(model):
+                plain = module(x)
+            expected = plain + adapter(x) if scheme.endswith("_parallel") else plain + adapter(plain)
+            assert torch.allclose(y, expected, rtol=1e-9, atol=1e-9), name
+            assert not torch.allclose(y, plain, rtol=1e-3, atol=1e-3), name
+
 # The exact Conv-Parallel adapter counts on ResNet-50's 16 bottleneck 3x3 convs (paper notes, 1.3)
 RESNET50_COUNTS = {1: 1_302_784, 2: 672_160, 4: 356_848, 8: 199_192, 16: 120_364}
 
@@ -88,6 +141,25 @@ def test_official_init_changes_the_output_and_disable_restores_it(scheme):
         with disable_adapters(model):
             assert torch.equal(model(X), plain(X))
         assert torch.equal(model(X), adapted)  # re-enabled on exit
+
+
+@pytest.mark.parametrize("arch,weight_std", [("resnet_tiny", None), ("convnext_tiny", 0.02)])
+@pytest.mark.parametrize("init", ["official", "zero"])
+def test_adapter_init_follows_the_backbone_and_zero_only_sets_alpha(backbones, arch, weight_std, init):
+    """ResNet: Kaiming-normal fan_out; ConvNeXt: truncated normal std 0.02 (both official); ``zero`` keeps
+    these weights and sets alpha = 0 (README: fidelity)."""
+    torch.manual_seed(0)
+    model = tiny(method=None) if arch == "resnet_tiny" else copy.deepcopy(backbones[arch])
+    apply_method(model, arch, "conv_adapter", image_size=32, init=init, reduction=2 if arch == "resnet_tiny" else 8)
+    adapters = [a for _, a in adapter_modules(model)]
+    up = torch.cat([a.up.weight.flatten() for a in adapters])
+    if weight_std is None:  # Kaiming fan_out: std sqrt(2 / (C_out * 1 * 1)) for the 1x1 up-projection
+        a = adapters[-1]
+        assert abs(a.up.weight.std().item() / (2 / a.up.out_channels) ** 0.5 - 1) < 0.15
+    else:
+        assert abs(up.std().item() - weight_std) < 0.002
+    assert all(torch.count_nonzero(a.down.bias) == 0 and torch.count_nonzero(a.up.bias) == 0 for a in adapters)
+    assert all(torch.all(a.scale == (0.0 if init == "zero" else 1.0)) for a in adapters)
 
 
 def test_zero_init_only_alpha_gets_gradient():
@@ -137,6 +209,134 @@ def test_frozen_bn_statistics_and_weights_in_a_training_step(bn_mode, changes):
         else:
             assert torch.equal(v, after[k]), f"frozen parameter {k} changed"
     assert not torch.equal(before["layer1.0.conv1.conv_adapter.up.weight"], after["layer1.0.conv1.conv_adapter.up.weight"])
+
+
+def _bn_stats(model):
+    return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in model.named_modules()
+            if isinstance(m, nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("method,pool_norm,bn_mode,drifting", [
+    ("bitfit", False, "eval", "none"),        # BitFit trains the BN shift only: statistics stay (README)
+    ("bitfit", False, "train", "all"),        # the official trainer: every BN drifts
+    ("conv_adapter", True, "eval", "pool"),   # only the new pre-pooling BN learns statistics
+    ("linear", True, "eval", "pool"),
+    ("full", False, "eval", "all"),           # full fine-tuning trains every BN, statistics included
+])
+def test_which_batchnorm_statistics_update(method, pool_norm, bn_mode, drifting):
+    torch.manual_seed(0)
+    model = TinyResNet(num_classes=5)
+    apply_method(model, "resnet_tiny", method, image_size=16, reduction=2, pool_norm=pool_norm)
+    before = _bn_stats(model)
+    set_train_mode(model, bn_mode)
+    model(X)
+    after = _bn_stats(model)
+    changed = {n for n in before if not torch.equal(before[n][0], after[n][0])}
+    expected = {"none": set(), "all": set(before), "pool": {"avgpool.norm"}}[drifting]
+    assert changed == expected
+
+
+def test_pool_norm_is_the_official_batchnorm_before_pooling_and_trains():
+    torch.manual_seed(0)
+    model = TinyResNet(num_classes=5)
+    replace_head(model, "resnet_tiny", 5, dropout=0.0)
+    info = apply_method(model, "resnet_tiny", "conv_adapter", image_size=16, reduction=2, pool_norm=True)
+    norm = model.avgpool.norm
+    assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == 128
+    assert norm.weight.requires_grad and norm.bias.requires_grad
+    assert info.trainable == count_adapter_parameters(model) + 2 * 128 + 128 * 5 + 5
+    with torch.no_grad():
+        _randomise(norm)
+        norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2)
+        model.eval()
+        feats = {}
+        model.layer4.register_forward_hook(lambda m, a, out: feats.__setitem__("x", out))
+        logits = model(X)
+        x = feats["x"]
+        z = (x - norm.running_mean[:, None, None]) / torch.sqrt(norm.running_var[:, None, None] + norm.eps)
+        z = z * norm.weight[:, None, None] + norm.bias[:, None, None]
+        assert torch.allclose(logits, model.fc(z.mean((2, 3))), atol=1e-5)
+    with pytest.raises(ValueError, match="pool_norm"):
+        apply_method(_convnext_stub(), "convnext_tiny", "linear", image_size=16, pool_norm=True)
+
+
+def _convnext_stub():
+    with torch.device("meta"):
+        return create_backbone("convnext_tiny")
+
+
+def test_trainable_percent_is_trainable_over_the_full_fine_tuning_count():
+    torch.manual_seed(0)
+    plain = TinyResNet(num_classes=5)
+    replace_head(plain, "resnet_tiny", 7)
+    full = sum(p.numel() for p in plain.parameters())  # backbone + new head, before any addition
+    for method in ("linear", "bitfit", "prompt", "conv_adapter", "full"):
+        model = copy.deepcopy(plain)
+        info = apply_method(model, "resnet_tiny", method, image_size=16, reduction=2)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert info.full == full and info.trainable == trainable, method
+        assert info.percent == 100.0 * trainable / full, method
+    assert info.percent == 100.0  # full fine-tuning
+    head = 128 * 7 + 7
+    linear = apply_method(copy.deepcopy(plain), "resnet_tiny", "linear", image_size=16)
+    assert linear.trainable == head and linear.percent == 100.0 * head / full
+
+
+# ResNet-50 with the official Conv-Adapter trainable set (ResNet-50 recipes: placement=official, pool_norm=true):
+# adapters on the 16 bottleneck 3x3 convs + BatchNorm2d(2048) before pooling + a new 100-class head (CIFAR-100
+# of VTAB-1k). Full fine-tuning = the backbone without its ImageNet fc (23,508,032) + that head (204,900).
+RESNET50_FULL_100 = 23_508_032 + 2048 * 100 + 100
+RESNET50_OFFICIAL_TRAINABLE_100 = {g: RESNET50_COUNTS[g] + 2 * 2048 + 2048 * 100 + 100 for g in RESNET50_COUNTS}
+
+
+@pytest.mark.parametrize("gamma", sorted(RESNET50_COUNTS))
+def test_resnet50_official_trainable_count_and_percent(resnet50_meta, gamma):
+    model = copy.deepcopy(resnet50_meta)
+    replace_head(model, "resnet50", 100)
+    info = apply_method(model, "resnet50", "conv_adapter", image_size=224, reduction=gamma, placement="official",
+                        pool_norm=True)
+    assert info.full == RESNET50_FULL_100
+    assert info.trainable == RESNET50_OFFICIAL_TRAINABLE_100[gamma]
+    assert info.percent == 100.0 * RESNET50_OFFICIAL_TRAINABLE_100[gamma] / RESNET50_FULL_100
+
+
+def test_resnet50_at_the_default_gamma_exactly():
+    """gamma = 8 (DEFAULT_REDUCTION, the official --adapt_size default): 408,188 trainable parameters =
+    1.7214% of full fine-tuning with a 100-class head; the adapters alone are 199,192 = 0.8473% of the backbone."""
+    assert DEFAULT_REDUCTION == 8
+    assert RESNET50_OFFICIAL_TRAINABLE_100[8] == 408_188 and RESNET50_FULL_100 == 23_712_932
+    assert round(100 * 408_188 / 23_712_932, 4) == 1.7214
+    assert round(100 * RESNET50_COUNTS[8] / 23_508_032, 4) == 0.8473
+
+
+def test_bitfit_adds_zero_biases_and_prompt_adds_a_frame():
+    torch.manual_seed(0)
+    plain = TinyResNet(num_classes=5).eval()
+    bitfit = copy.deepcopy(plain)
+    apply_method(bitfit, "resnet_tiny", "bitfit", image_size=16)
+    new = [m.bias for m in bitfit.modules() if isinstance(m, nn.Conv2d)]
+    assert new and all(b is not None and torch.count_nonzero(b) == 0 for b in new)
+    with torch.no_grad():
+        assert torch.allclose(bitfit.eval()(X), plain(X), atol=1e-6)  # zero biases: unchanged at start
+    prompted = copy.deepcopy(plain)
+    apply_method(prompted, "resnet_tiny", "prompt", image_size=16, prompt_size=3)
+    frame = prompted.prompter.prompt()
+    assert frame.shape == (1, 3, 16, 16) and torch.count_nonzero(frame[..., 3:13, 3:13]) == 0
+    assert torch.equal(frame[..., :3, :], prompted.prompter.pad_up) and torch.equal(frame[..., 13:, :], prompted.prompter.pad_down)
+    assert torch.equal(frame[..., 3:13, :3], prompted.prompter.pad_left)
+    assert torch.equal(frame[..., 3:13, 13:], prompted.prompter.pad_right)
+    with torch.no_grad():
+        assert torch.equal(prompted.eval()(X), plain(X + frame))  # the frame is added to the image
+
+
+def test_linear_head_is_dropout_then_uniform_linear():
+    torch.manual_seed(0)
+    model = TinyResNet(num_classes=5)
+    replace_head(model, "resnet_tiny", 9, dropout=0.2)
+    drop, fc = model.fc
+    assert isinstance(drop, nn.Dropout) and drop.p == 0.2 and fc.out_features == 9
+    assert torch.count_nonzero(fc.bias) == 0 and fc.weight.abs().max() <= 128 ** -0.5
+    assert fc.weight.abs().max() > 0.8 * 128 ** -0.5  # uniform over the whole +-1/sqrt(fan_in) range
 
 
 def test_adapter_only_state_dict_round_trip():

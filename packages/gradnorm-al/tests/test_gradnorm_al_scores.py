@@ -123,7 +123,7 @@ def test_entropy_gradnorm_is_zero_for_uniform_and_one_hot_predictions(impl):
     assert per_sample_grad_norms(middle, h, "entropy", impl=impl).min() > 0.1  # intermediate: not zero
 
 
-@pytest.mark.parametrize("impl", ["loop", "ghost"])
+@pytest.mark.parametrize("impl", ["loop", "ghost", "head"])
 def test_last_layer_closed_forms(impl):
     """Linear head z = W h + b: dH/dz = g = -p (log p + H); official score ||g||(||h|| + 1), global
     ||g|| sqrt(||h||^2 + 1); EGL = sum_y p_y ||p - e_y|| (||h|| + 1)."""
@@ -202,3 +202,41 @@ def test_bad_options_give_clear_errors():
         per_sample_grad_norms(model, x, impl="fast")
     with pytest.raises(ValueError, match="Unknown aggregate"):
         per_sample_grad_norms(model, x, aggregate="l1")
+
+
+def test_head_closed_form_equals_the_loop_without_a_backward_through_the_backbone():
+    """params='^fc\\.' on a CNN: the closed form (auto -> head) equals the per-sample loop, and the backbone
+    runs with autograd off (nothing back-propagates to the input)."""
+    from gradnorm_al.gradnorm import resolve_impl
+
+    torch.manual_seed(0)
+    model = _warm_bn(build_model("small_cnn", 10, width=4).double(), torch.randn(8, 3, 8, 8, dtype=torch.float64))
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    assert resolve_impl(model, selected_parameters(model, r"^fc\."), "auto") == "head"
+    assert resolve_impl(model, selected_parameters(model, r"^fc\.weight$"), "auto") == "head"
+    assert resolve_impl(model, selected_parameters(model, "all"), "auto") == "ghost"
+    grad_on: list[bool] = []
+    model.features.register_forward_pre_hook(lambda m, a: grad_on.append(torch.is_grad_enabled()))
+    for loss in ("entropy", "egl"):
+        for aggregate in ("sum_of_norms", "global_l2"):
+            grad_on.clear()
+            head = per_sample_grad_norms(model, x, loss, params=r"^fc\.", aggregate=aggregate)
+            assert grad_on and not any(grad_on), "the backbone ran with autograd on"
+            ref = per_sample_grad_norms(model, x, loss, params=r"^fc\.", aggregate=aggregate, impl="loop")
+            torch.testing.assert_close(head, ref, rtol=1e-10, atol=0)
+    only_w = per_sample_grad_norms(model, x, "entropy", params=r"^fc\.weight$")
+    _, per = per_sample_grad_norms(model, x, "entropy", impl="loop", return_per_tensor=True)
+    torch.testing.assert_close(only_w, per["fc.weight"].sqrt(), rtol=1e-10, atol=0)
+
+
+def test_head_refuses_a_linear_whose_output_is_not_the_logits():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return 2 * self.fc(x)
+
+    with pytest.raises(ValueError, match="is not the model's logits"):
+        per_sample_grad_norms(Scaled().double(), torch.randn(2, 3, dtype=torch.float64), impl="head")

@@ -13,7 +13,7 @@ from gradnorm_al.train import fit
 
 TINY = ["data.n_train=120", "data.n_test=40", "data.image_size=16", "model.width=4", "al.init_size=20",
         "al.budget=10", "al.cycles=3", "al.subset=50", "epochs=2", "batch_size=8", "device=cpu",
-        "num_threads=1", "gradnorm.chunk_size=16"]
+        "threads=1", "gradnorm.chunk_size=16"]
 
 
 def _cfg(*overrides):
@@ -85,12 +85,57 @@ def test_same_seed_same_selection_other_seed_differs(tmp_path):
     assert ha[0]["selected"] != hc[0]["selected"]
 
 
-def test_reinit_option_restarts_from_the_trial_init(tmp_path):
-    fit(_cfg("strategy=random", "al.cycles=2", "al.reinit=true", "epochs=1"), tmp_path / "r")
-    fit(_cfg("strategy=random", "al.cycles=2", "al.reinit=false", "epochs=1"), tmp_path / "k")
-    hr, hk = _history(tmp_path / "r"), _history(tmp_path / "k")
-    assert hr[0] == {**hk[0], "select_seconds": hr[0]["select_seconds"]}  # cycle 0 identical
-    assert hr[1]["n_labelled"] == hk[1]["n_labelled"]
+def _cycle_start_weights(monkeypatch, cfg, run_dir):
+    """The model's weights when each cycle's optimiser is created (= the start of each cycle)."""
+    import gradnorm_al.train as tr
+
+    starts, real = [], tr.build_optim
+
+    def spy(c, model):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(c, model)
+
+    monkeypatch.setattr(tr, "build_optim", spy)
+    fit(cfg, run_dir)
+    monkeypatch.setattr(tr, "build_optim", real)
+    return starts[1:]  # [0] is the resume probe
+
+
+def test_reinit_option_restarts_from_the_trial_init(tmp_path, monkeypatch):
+    """al.reinit=true: every cycle starts from the trial's initial weights; false (official): each cycle
+    continues from the previous cycle's trained weights."""
+    r = _cycle_start_weights(monkeypatch, _cfg("strategy=random", "al.cycles=3", "al.reinit=true", "epochs=1"),
+                             tmp_path / "r")
+    k = _cycle_start_weights(monkeypatch, _cfg("strategy=random", "al.cycles=3", "al.reinit=false", "epochs=1"),
+                             tmp_path / "k")
+    same = lambda a, b: all(torch.equal(a[n], b[n]) for n in a)  # noqa: E731
+    assert len(r) == len(k) == 3 and same(r[0], k[0])
+    assert same(r[1], r[0]) and same(r[2], r[0])          # back to the initial weights each cycle
+    assert not same(k[1], k[0]) and not same(k[2], k[1])  # continued training
+
+
+def test_candidate_subset_is_redrawn_every_cycle(tmp_path, monkeypatch):
+    """The official SUBSET trick draws a fresh random subset of the unlabelled pool each cycle."""
+    import gradnorm_al.train as tr
+    from gradnorm_al.train import candidate_subset
+
+    pool = np.arange(1000)
+    a, b = candidate_subset(pool, 100, 0, 0, 0), candidate_subset(pool, 100, 0, 0, 1)
+    assert len(set(a)) == 100 and set(a) <= set(pool) and len(set(a) & set(b)) < 40  # ~10 expected by chance
+    assert np.array_equal(candidate_subset(pool, 100, 0, 0, 0), a)  # seeded
+    assert set(candidate_subset(pool, None, 0, 0, 3)) == set(pool)
+    seen, real = [], tr.candidate_subset
+
+    def spy(unlabelled, subset, seed, trial, cycle):
+        out = real(unlabelled, subset, seed, trial, cycle)
+        seen.append((set(unlabelled.tolist()), out.tolist()))
+        return out
+
+    monkeypatch.setattr(tr, "candidate_subset", spy)
+    fit(_cfg("strategy=random", "al.cycles=3", "epochs=1", "data.n_train=400", "al.subset=40"), tmp_path)
+    (u0, c0), (u1, c1) = seen
+    assert set(c0) <= u0 and set(c1) <= u1 and len(c0) == len(c1) == 40
+    assert len(set(c0) & set(c1)) < 20  # not the previous subset again (30 left of it would survive)
 
 
 def test_augment_crop_and_flip_are_exact():

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -148,7 +149,7 @@ class Provenance:
         return {
             "command": " ".join([self.script, *self.argv]),
             "argv": self.argv,
-            "args": json.loads(json.dumps(self.args, default=str)),
+            "args": _portable(json.loads(json.dumps(self.args, default=str))),
             "git": git_state(),
             "date": self.started.isoformat(timespec="seconds"),
             "versions": _versions(),
@@ -185,6 +186,18 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
         out.append(f"{path}: committed {a!r}, current default {b!r}")
 
 
+def _portable(args: dict[str, Any]) -> dict[str, Any]:
+    """Absolute paths into a checkout (``/any/clone/benchmarks/x``) as repository-relative ones
+    (``benchmarks/x``), so that a provenance recorded in one clone compares equal in another."""
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, str) and v.startswith("/"):
+            m = re.search(r"/((?:results|benchmarks|packages|runs)/.*)$", v)
+            v = m.group(1) if m else v
+        out[k] = v
+    return out
+
+
 def compare_with_defaults(provenance: dict[str, Any] | str | os.PathLike, parser=None,
                           ignore_args: tuple[str, ...] = ()) -> list[str]:
     """The differences between a committed ``provenance.json`` and what the current code would run.
@@ -196,8 +209,8 @@ def compare_with_defaults(provenance: dict[str, Any] | str | os.PathLike, parser
         provenance = json.loads(Path(provenance).read_text())
     diffs: list[str] = []
     if parser is not None:
-        defaults = json.loads(json.dumps(vars(parser.parse_args([])), default=str))
-        committed = {k: v for k, v in provenance.get("args", {}).items() if k not in ignore_args}
+        defaults = _portable(json.loads(json.dumps(vars(parser.parse_args([])), default=str)))
+        committed = {k: v for k, v in _portable(provenance.get("args", {})).items() if k not in ignore_args}
         _diff(committed, {k: v for k, v in defaults.items() if k not in ignore_args}, "args", diffs)
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
     try:

@@ -13,6 +13,7 @@ Quick start::
 """
 
 from .adapter import (
+    DEFAULT_REDUCTION,
     INITS,
     SCHEMES,
     ConvAdapter,
@@ -31,6 +32,7 @@ from .models import (
     LinearHead,
     TinyResNet,
     adapter_config,
+    add_pool_norm,
     create_backbone,
     default_targets,
     list_models,
@@ -40,7 +42,7 @@ from .models import (
 from .tuning import METHODS, PadPrompter, apply_method, set_train_mode
 
 __all__ = [
-    "INITS", "METHODS", "SCHEMES", "ConvAdapter", "ConvAdapterConfig", "LinearHead", "PadPrompter", "TinyResNet",
+    "DEFAULT_REDUCTION", "add_pool_norm", "INITS", "METHODS", "SCHEMES", "ConvAdapter", "ConvAdapterConfig", "LinearHead", "PadPrompter", "TinyResNet",
     "adapter_config", "adapter_modules", "adapter_state_dict", "apply_method", "closed_form_count",
     "count_adapter_parameters", "create_backbone", "default_targets", "disable_adapters", "inject_adapters",
     "list_models", "load_adapter_state_dict", "mark_only_adapters_trainable", "register_model", "replace_head",

@@ -38,7 +38,11 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 ADAPTER_NAME = "conv_adapter"
 SCHEMES = ("conv_parallel", "conv_sequential", "residual_parallel", "residual_sequential")
-INITS = ("kaiming", "trunc_normal", "zero")
+INITS = ("kaiming", "trunc_normal")  # weight init of the two convs; alpha is set separately
+#: The one default compression factor gamma of this package (API and configs): the official trainer's
+#: command-line default (`--adapt_size 8.0` in the released `main.py`). The paper's own gamma is not in the
+#: part of its text we could retrieve (see the README).
+DEFAULT_REDUCTION = 8
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -53,10 +57,10 @@ class ConvAdapter(nn.Module):
         reduction: the compression factor ``gamma`` (``adapt_size`` in the official code); the hidden
             width is ``C_in / gamma`` and must be a whole number.
         act: ``relu`` (ResNet), ``gelu`` (ConvNeXt) or ``silu``.
-        init: ``kaiming`` (official for ResNet: Kaiming-normal fan_out, bias 0, ``alpha = 1``),
-            ``trunc_normal`` (official for ConvNeXt: std 0.02, bias 0, ``alpha = 1``), or ``zero``
-            (*not* the official code: ``kaiming`` weights but ``alpha = 0``, so the adapted network
-            starts exactly at the frozen backbone).
+        init: weight init of both convs: ``kaiming`` (official for ResNet: Kaiming-normal fan_out) or
+            ``trunc_normal`` (official for ConvNeXt: std 0.02); biases 0 either way.
+        alpha: initial value of the scale ``alpha``: 1 in the official code; 0 (*not* the official code)
+            makes the adapted network start exactly at the frozen backbone.
 
     Parameter count: ``C_in*K*K`` (down weight) ``+ C_in/gamma`` (down bias) ``+ C_in/gamma*C_out``
     (up weight) ``+ 2*C_out`` (up bias, alpha).
@@ -64,8 +68,8 @@ class ConvAdapter(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
                  stride: int | tuple[int, int] = 1, padding: int | str | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, reduction: float = 8, act: str = "relu",
-                 init: str = "kaiming"):
+                 dilation: int | tuple[int, int] = 1, reduction: float = DEFAULT_REDUCTION, act: str = "relu",
+                 init: str = "kaiming", alpha: float = 1.0):
         super().__init__()
         width = in_channels / reduction
         if reduction <= 0 or width != int(width) or width < 1:
@@ -86,16 +90,16 @@ class ConvAdapter(nn.Module):
         # the official code calls this parameter `se`; it is the channel-wise scale alpha
         self.scale = nn.Parameter(torch.ones(1, out_channels, 1, 1))
         self.enabled = True
-        self.reset_parameters(init)
+        self.reset_parameters(init, alpha)
 
-    def reset_parameters(self, init: str = "kaiming") -> None:
+    def reset_parameters(self, init: str = "kaiming", alpha: float = 1.0) -> None:
         for conv in (self.down, self.up):
-            if init == "trunc_normal":
+            if init == "trunc_normal":  # the ConvNeXt initialisation loop (timm / the official code)
                 nn.init.trunc_normal_(conv.weight, std=0.02)
-            else:  # kaiming and zero: the ResNet initialisation loop of torchvision / the official code
+            else:  # the ResNet initialisation loop of torchvision / the official code
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
-        nn.init.constant_(self.scale, 0.0 if init == "zero" else 1.0)
+        nn.init.constant_(self.scale, alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x))) * self.scale
@@ -149,8 +153,8 @@ class ConvAdapterConfig:
         kernel_size: kernel of the adapter for ``residual_*`` schemes (``conv_*`` schemes use the
             adapted conv's kernel, as the official code); 3 for ResNet, 7 for ConvNeXt.
         act: adapter activation (``relu`` ResNet, ``gelu`` ConvNeXt, as the official code).
-        init: ``kaiming`` / ``trunc_normal`` (official, backbone-style, ``alpha = 1``) or ``zero``
-            (deviation: ``alpha = 0``, the adapted model starts as the backbone).
+        init: weight init, ``kaiming`` (ResNet) or ``trunc_normal`` (ConvNeXt), as the official code.
+        alpha: initial scale; 1 (official) or 0 (deviation: the adapted model starts as the backbone).
         placement: ``conv`` adds a ``conv_parallel`` adapter to the adapted conv's output (the paper's
             ``y' = y + Delta h``); ``official`` reproduces the released ResNet-Bottleneck code, which adds
             it after ``relu(bn2(conv2))`` (only for ``conv_parallel`` on Bottleneck ``conv2``).
@@ -158,15 +162,19 @@ class ConvAdapterConfig:
 
     target_modules: str | Sequence[str]
     scheme: str = "conv_parallel"
-    reduction: float = 8
+    reduction: float = DEFAULT_REDUCTION
     kernel_size: int = 3
     act: str = "relu"
     init: str = "kaiming"
+    alpha: float = 1.0
     placement: str = "conv"
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise ValueError(f"Unknown Conv-Adapter scheme {self.scheme!r}; expected one of {SCHEMES}.")
+        if self.init not in INITS:
+            raise ValueError(f"Unknown Conv-Adapter init {self.init!r}; expected one of {INITS} "
+                             "(alpha=0 gives the zero-initialised deviation).")
         if self.placement not in ("conv", "official"):
             raise ValueError(f"placement must be 'conv' (paper) or 'official', got {self.placement!r}.")
         if self.placement == "official" and self.scheme != "conv_parallel":
@@ -198,7 +206,7 @@ def _block_io(block: nn.Module) -> tuple[int, int, int]:
 
 
 def _build_adapter(name: str, module: nn.Module, cfg: ConvAdapterConfig) -> ConvAdapter:
-    kw = dict(reduction=cfg.reduction, act=cfg.act, init=cfg.init)
+    kw = dict(reduction=cfg.reduction, act=cfg.act, init=cfg.init, alpha=cfg.alpha)
     if cfg.scheme.startswith("conv_"):
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"scheme {cfg.scheme!r} adapts nn.Conv2d modules, but target {name!r} is a "
@@ -323,10 +331,12 @@ def closed_form_count(channels: Sequence[tuple[int, int, int]], reduction: float
 
 def trainable_report(model: nn.Module, full_count: int | None = None) -> dict[str, float]:
     """``{trainable, total, full, percent}``: ``percent`` is trainable parameters as a % of full
-    fine-tuning (``full_count``, default all non-adapter parameters of ``model``, head included)."""
+    fine-tuning, ``100 * trainable / full``. ``full`` is ``full_count`` when given (``apply_method``
+    passes the backbone + head count taken before anything was added), else every parameter of ``model``
+    that is not an adapter's (the backbone and head as they are now)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     full = full_count if full_count is not None else sum(
-        p.numel() for n, p in model.named_parameters() if not is_adapter_param(n) and not n.startswith("prompter."))
+        p.numel() for n, p in model.named_parameters() if not is_adapter_param(n))
     return {"trainable": trainable, "total": total, "full": full,
             "percent": 100.0 * trainable / full if full else math.nan}

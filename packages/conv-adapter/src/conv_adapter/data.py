@@ -17,8 +17,10 @@ Layouts (``root`` = ``${REPRO_DATA}/<dataset>``)::
                         root/<dataset>/data/images/ (Stanford Cars: relative to root/<dataset>)
 
 Every reader returns a :class:`ListDataset` (``samples`` = list of ``(path, label)``, ``targets``,
-``num_classes``) and raises :class:`shared.data.DatasetNotFoundError` when files are missing and
-``ValueError`` naming the file and line when one is malformed.
+``num_classes``). It raises :class:`shared.errors.DatasetNotFoundError` when a list file or any image it
+lists is missing (checked when the dataset is built), and :class:`shared.errors.DatasetFormatError` naming
+the file (and line) when one is malformed; an unreadable image is named when it is read
+(:func:`shared.data.readers.load_image`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
-from shared.data import DatasetNotFoundError, SyntheticImageDataset, k_shot_indices
+from shared.data import DOMAIN_PRESETS, DatasetNotFoundError, SyntheticDomain, SyntheticImageDataset, k_shot_indices
+from shared.data.readers import check_files_exist, load_image
+from shared.errors import ConfigError, DatasetFormatError
 
 VTAB_CLASSES = {
     "cifar100": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_pet": 37, "svhn": 10,
@@ -45,6 +48,7 @@ VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
 FGVC_CLASSES = {"cub": 200, "nabirds": 555, "oxford_flowers": 102, "stanford_dogs": 120, "stanford_cars": 196}
 FEWSHOT_CLASSES = {"fgvc_aircraft": 100, "oxford_flowers102": 102, "food101": 101, "stanford_cars": 196,
                    "oxford_pets": 37}
+FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the k of the released NOAH/CoOp lists
 # the official VTAB transforms: no horizontal flip for tasks where left/right carries the label ...
 VTAB_NO_FLIP = {"clevr_dist", "clevr_count", "dsprites_loc", "dsprites_ori", "dmlab", "smallnorb_azi"}
 # ... and resize + random crop instead of RandomResizedCrop where scale carries it. The official list
@@ -56,19 +60,22 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ListDataset(Dataset):
     """``(image, label)`` pairs from a list of ``(path, label)``; images are opened lazily as RGB."""
 
-    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform: Callable | None = None):
+    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform: Callable | None = None,
+                 source: str | os.PathLike | None = None, dataset: str = "dataset", how_to_get: str = ""):
         self.samples, self.num_classes, self.transform = samples, num_classes, transform
         self.targets = [y for _, y in samples]
         if self.targets and not 0 <= min(self.targets) <= max(self.targets) < num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got [{min(self.targets)}, {max(self.targets)}].")
+            raise DatasetFormatError(f"{source or dataset}: labels must lie in [0, {num_classes}), got "
+                                     f"[{min(self.targets)}, {max(self.targets)}]; fix the label column of the list")
+        if source is not None:  # every listed image must exist, checked now rather than mid-epoch
+            check_files_exist([p for p, _ in samples], source, dataset, how_to_get or "restore the missing files")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = load_image(path)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -76,6 +83,19 @@ def _require(files: list[Path], dataset: str, root: Path, how: str) -> None:
     missing = [str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for f in files if not f.exists()]
     if missing:
         raise DatasetNotFoundError(dataset, f"{', '.join(missing)}", root, how)
+
+
+def _mat(path: Path, key: str):
+    """One variable of a MATLAB file; a missing variable or an unreadable file is a format error naming both."""
+    from scipy.io import loadmat
+
+    try:
+        data = loadmat(path, squeeze_me=True)
+    except (ValueError, OSError, TypeError) as e:
+        raise DatasetFormatError(f"{path} is not a readable .mat file ({e}); restore it from the dataset release") from e
+    if key not in data:
+        raise DatasetFormatError(f"{path} has no variable {key!r}; restore it from the dataset release")
+    return data[key]
 
 
 def read_list_file(path: Path, base: Path) -> list[tuple[str, int]]:
@@ -86,7 +106,8 @@ def read_list_file(path: Path, base: Path) -> list[tuple[str, int]]:
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected '<image path> <integer label>', got {line!r}.")
+            raise DatasetFormatError(f"{path}:{n}: expected '<image path> <integer label>', got {line!r}; "
+                                     "fix the line (format of the VPT/NOAH split lists)")
         samples.append((str(base / parts[0]), int(parts[1])))
     return samples
 
@@ -98,15 +119,16 @@ def vtab1k(root: str | os.PathLike, task: str, split: str, transform: Callable |
     """One VTAB-1k task in the VPT/NOAH split-list format. Splits: ``train800``, ``val200`` (tuning),
     ``train800val200`` (final training) and ``test``."""
     if task not in VTAB_CLASSES:
-        raise ValueError(f"unknown VTAB-1k task {task!r}; expected one of {sorted(VTAB_CLASSES)}.")
+        raise ConfigError(f"unknown VTAB-1k task {task!r}; use one of {', '.join(sorted(VTAB_CLASSES))}")
     if split not in VTAB_SPLITS:
-        raise ValueError(f"unknown VTAB-1k split {split!r}; expected one of {VTAB_SPLITS}.")
+        raise ConfigError(f"unknown VTAB-1k split {split!r}; use one of {', '.join(VTAB_SPLITS)}")
     root = Path(root)
     folder = root / task
-    _require([folder / f"{split}.txt"], f"VTAB-1k {task}", root,
-             "prepare VTAB-1k with the VPT/NOAH scripts (github.com/ZhangYuanhan-AI/NOAH, 'Data Preparation') "
-             "and point REPRO_DATA at the folder holding vtab-1k/")
-    return ListDataset(read_list_file(folder / f"{split}.txt", folder), VTAB_CLASSES[task], transform)
+    how = ("prepare VTAB-1k with the VPT/NOAH scripts (github.com/ZhangYuanhan-AI/NOAH, 'Data Preparation') "
+           "and point REPRO_DATA at the folder holding vtab-1k/")
+    _require([folder / f"{split}.txt"], f"VTAB-1k {task}", root, how)
+    return ListDataset(read_list_file(folder / f"{split}.txt", folder), VTAB_CLASSES[task], transform,
+                       source=folder / f"{split}.txt", dataset=f"VTAB-1k {task}", how_to_get=how)
 
 
 # ----------------------------------------------------------------------------------- FGVC
@@ -122,13 +144,15 @@ def _cub_style(root: Path, train: bool, name: str, url: str) -> tuple[list[tuple
             if line.strip():
                 parts = line.split(maxsplit=1)
                 if len(parts) != 2:
-                    raise ValueError(f"{path}:{n}: expected '<image id> <value>', got {line!r}.")
+                    raise DatasetFormatError(f"{path}:{n}: expected '<image id> <value>', got {line!r}; "
+                                             f"restore the file from the {name} release")
                 out[parts[0]] = parts[1].strip()
         return out
 
     images, labels, split = (table(f) for f in files)
     if not (images.keys() == labels.keys() == split.keys()):
-        raise ValueError(f"{name}: images.txt, image_class_labels.txt and train_test_split.txt list different image ids.")
+        raise DatasetFormatError(f"{root}: images.txt, image_class_labels.txt and train_test_split.txt list "
+                                 f"different image ids; restore the three files from the {name} release")
     # class ids are 1-based (CUB) or sparse (NABirds): map the ids present to 0..C-1 in sorted order
     class_ids = sorted({int(v) for v in labels.values()})
     index = {c: i for i, c in enumerate(class_ids)}
@@ -143,22 +167,24 @@ def cub(root: str | os.PathLike, train: bool = True, transform: Callable | None 
     root = Path(root)
     if (root / "CUB_200_2011").is_dir():
         root = root / "CUB_200_2011"
-    samples, num_classes = _cub_style(root, train, "CUB-200-2011", "https://www.vision.caltech.edu/datasets/cub_200_2011/")
-    return ListDataset(samples, num_classes, transform)
+    url = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+    samples, num_classes = _cub_style(root, train, "CUB-200-2011", url)
+    return ListDataset(samples, num_classes, transform, source=root / "images.txt", dataset="CUB-200-2011",
+                       how_to_get=f"download and extract it from {url}")
 
 
 def nabirds(root: str | os.PathLike, train: bool = True, transform: Callable | None = None) -> ListDataset:
     """NABirds; the sparse class ids present in ``image_class_labels.txt`` (555 leaf classes in the
     release) become 0..C-1. The official code sets ``nb_classes=700``, more than the labels use."""
     root = Path(root)
-    samples, num_classes = _cub_style(root, train, "NABirds", "https://dl.allaboutbirds.org/nabirds")
-    return ListDataset(samples, num_classes, transform)
+    url = "https://dl.allaboutbirds.org/nabirds"
+    samples, num_classes = _cub_style(root, train, "NABirds", url)
+    return ListDataset(samples, num_classes, transform, source=root / "images.txt", dataset="NABirds",
+                       how_to_get=f"download and extract it from {url}")
 
 
 def oxford_flowers(root: str | os.PathLike, split: str = "train", transform: Callable | None = None) -> ListDataset:
     """Oxford Flowers-102 from ``imagelabels.mat`` + ``setid.mat`` (splits train/val/test = trnid/valid/tstid)."""
-    from scipy.io import loadmat
-
     root = Path(root)
     if (root / "flowers-102").is_dir():
         root = root / "flowers-102"
@@ -167,26 +193,30 @@ def oxford_flowers(root: str | os.PathLike, split: str = "train", transform: Cal
              "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ and extract them there")
     key = {"train": "trnid", "val": "valid", "test": "tstid"}.get(split)
     if key is None:
-        raise ValueError(f"unknown Flowers-102 split {split!r}; expected train, val or test.")
-    labels = np.asarray(loadmat(root / "imagelabels.mat", squeeze_me=True)["labels"]).reshape(-1)
-    ids = np.asarray(loadmat(root / "setid.mat", squeeze_me=True)[key]).reshape(-1)
-    return ListDataset([(str(root / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in ids], 102, transform)
+        raise ConfigError(f"unknown Flowers-102 split {split!r}; use train, val or test")
+    labels = np.asarray(_mat(root / "imagelabels.mat", "labels")).reshape(-1)
+    ids = np.asarray(_mat(root / "setid.mat", key)).reshape(-1)
+    if ids.size and (ids.min() < 1 or ids.max() > labels.size):
+        raise DatasetFormatError(f"{root / 'setid.mat'}: image ids outside 1..{labels.size}; restore setid.mat and "
+                                 "imagelabels.mat from the same Flowers-102 release")
+    return ListDataset([(str(root / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in ids], 102, transform,
+                       source=root / "setid.mat", dataset="Oxford Flowers-102",
+                       how_to_get="extract 102flowers.tgz (jpg/) from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/")
 
 
 def stanford_dogs(root: str | os.PathLike, train: bool = True, transform: Callable | None = None) -> ListDataset:
     """Stanford Dogs from ``train_list.mat`` / ``test_list.mat`` (``file_list`` relative to Images/, 1-based ``labels``)."""
-    from scipy.io import loadmat
-
     root = Path(root)
     name = "train_list.mat" if train else "test_list.mat"
     _require([root / name, root / "Images"], "Stanford Dogs", root,
              "download images.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ and extract them there")
-    mat = loadmat(root / name, squeeze_me=True)
-    files = [str(f) for f in np.atleast_1d(mat["file_list"])]
-    labels = np.atleast_1d(mat["labels"]).astype(np.int64) - 1
+    files = [str(f) for f in np.atleast_1d(_mat(root / name, "file_list"))]
+    labels = np.atleast_1d(_mat(root / name, "labels")).astype(np.int64) - 1
     if len(files) != len(labels):
-        raise ValueError(f"{root / name}: {len(files)} files but {len(labels)} labels.")
-    return ListDataset([(str(root / "Images" / f), int(y)) for f, y in zip(files, labels)], 120, transform)
+        raise DatasetFormatError(f"{root / name}: {len(files)} files but {len(labels)} labels; restore the file "
+                                 "from lists.tar")
+    return ListDataset([(str(root / "Images" / f), int(y)) for f, y in zip(files, labels)], 120, transform,
+                       source=root / name, dataset="Stanford Dogs", how_to_get="extract images.tar into Images/")
 
 
 def stanford_cars(root: str | os.PathLike, train: bool = True, transform: Callable | None = None) -> ListDataset:
@@ -202,7 +232,8 @@ def stanford_cars(root: str | os.PathLike, train: bool = True, transform: Callab
                                    "cars_test_annos_withlabels.mat}", root,
                                    "get the devkit and images (e.g. from Kaggle 'stanford-cars-dataset') in "
                                    "torchvision's StanfordCars layout") from e
-    return ListDataset([(str(p), int(y)) for p, y in ds._samples], 196, transform)
+    return ListDataset([(str(p), int(y)) for p, y in ds._samples], 196, transform, source=root / "stanford_cars",
+                       dataset="Stanford Cars", how_to_get="restore cars_train/ and cars_test/ from the release")
 
 
 def fgvc(name: str, root: str | os.PathLike, train: bool, transform: Callable | None = None) -> ListDataset:
@@ -210,7 +241,7 @@ def fgvc(name: str, root: str | os.PathLike, train: bool, transform: Callable | 
     if name == "oxford_flowers":
         return oxford_flowers(root, "train" if train else "test", transform)
     if name not in readers:
-        raise ValueError(f"unknown FGVC dataset {name!r}; expected one of {sorted(FGVC_CLASSES)}.")
+        raise ConfigError(f"unknown FGVC dataset {name!r}; use one of {', '.join(sorted(FGVC_CLASSES))}")
     return readers[name](root, train, transform)
 
 
@@ -222,12 +253,12 @@ def fewshot(root: str | os.PathLike, dataset: str, split: str, shots: int = 16, 
     """NOAH/CoOp-style few-shot lists. ``split='train'`` reads ``train_meta.list.num_shot_<k>.seed_<s>`` and
     checks that every class has exactly ``k`` images; ``val``/``test`` read ``<split>_meta.list``."""
     if dataset not in FEWSHOT_CLASSES:
-        raise ValueError(f"unknown few-shot dataset {dataset!r}; expected one of {sorted(FEWSHOT_CLASSES)}.")
+        raise ConfigError(f"unknown few-shot dataset {dataset!r}; use one of {', '.join(sorted(FEWSHOT_CLASSES))}")
     folder = Path(root) / dataset
     name = f"train_meta.list.num_shot_{shots}.seed_{seed}" if split == "train" else f"{split}_meta.list"
     path = folder / "annotations" / name
-    _require([path], f"few-shot {dataset}", Path(root),
-             "prepare the few-shot lists as in the NOAH repo (github.com/ZhangYuanhan-AI/NOAH) / CoOp")
+    how = "prepare the few-shot lists as in the NOAH repo (github.com/ZhangYuanhan-AI/NOAH) / CoOp"
+    _require([path], f"few-shot {dataset}", Path(root), how)
     base = folder if dataset == "stanford_cars" else folder / "data" / "images"
     samples = read_list_file(path, base)
     num_classes = FEWSHOT_CLASSES[dataset]
@@ -235,8 +266,9 @@ def fewshot(root: str | os.PathLike, dataset: str, split: str, shots: int = 16, 
         counts = np.bincount([y for _, y in samples], minlength=num_classes)
         bad = {c: int(n) for c, n in enumerate(counts) if n != shots}
         if bad:
-            raise ValueError(f"{path}: expected exactly {shots} images per class, but class: count is {dict(list(bad.items())[:8])}.")
-    return ListDataset(samples, num_classes, transform)
+            raise DatasetFormatError(f"{path}: expected exactly {shots} images per class, but class: count is "
+                                     f"{dict(list(bad.items())[:8])}; regenerate the {shots}-shot list")
+    return ListDataset(samples, num_classes, transform, source=path, dataset=f"few-shot {dataset}", how_to_get=how)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -260,21 +292,52 @@ def paper_transform(train: bool, size: int = 224, task: str | None = None) -> Ca
     return T.Compose([*crop, *flip, *norm])
 
 
+# ------------------------------------------------------------------------ synthetic domains
+
+#: Synthetic domains of this package, beside shared's presets (``shapes-a``, ``shapes-b``, ``shapes-c``).
+#: ``shapes-a-related`` is the target of the mechanism check: the *same visual vocabulary* as the source
+#: ``shapes-a`` (palette, polygons, striped fills: what the pre-trained filters detect) but a background
+#: texture the source never showed (checkerboard instead of smooth noise) and *other classes* (another
+#: class seed picks other combinations of lobes / aspect / hole / fill frequency, angle and duty).
+PACKAGE_DOMAINS: dict[str, SyntheticDomain] = {
+    "shapes-a-related": SyntheticDomain(
+        name="shapes-a-related", palette=DOMAIN_PRESETS["shapes-a"].palette, background="checker",
+        shape_family="polygons", fill="stripes", class_seed=7),
+}
+
+
+def list_synthetic_domains() -> list[str]:
+    return sorted({**DOMAIN_PRESETS, **PACKAGE_DOMAINS})
+
+
+def synthetic_domain(name: str) -> SyntheticDomain:
+    """A synthetic domain by name: shared's presets or :data:`PACKAGE_DOMAINS`."""
+    domains = {**DOMAIN_PRESETS, **PACKAGE_DOMAINS}
+    if name not in domains:
+        raise ConfigError(f"unknown synthetic domain {name!r}; use one of {', '.join(sorted(domains))}")
+    return domains[name]
+
+
 # ------------------------------------------------------------------------------ building
 
 
 def synthetic_split(domain: str, num_classes: int, n: int, image_size: int, seed: int) -> SyntheticImageDataset:
     """A synthetic split (images as float tensors in [0, 1])."""
-    return SyntheticImageDataset(n, num_classes, image_size, domain=domain, seed=seed)
+    return SyntheticImageDataset(n, num_classes, image_size, domain=synthetic_domain(domain), seed=seed)
 
 
 def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset, int]:
     """``(train, eval, num_classes)`` for the data config ``cfg`` (``cfg.name`` picks the protocol).
-    ``cfg.shots`` (synthetic only) keeps exactly k training images per class, chosen with ``seed``."""
+    ``cfg.tuning`` evaluates on a validation split instead of the test split (hyper-parameter selection, as
+    the official ``--is_tuning``). ``cfg.shots`` (synthetic only) keeps exactly k training images per class,
+    chosen with ``seed``."""
     name = cfg.name
-    if name == "synthetic":
+    if name == "synthetic":  # train: data_seed; test: data_seed + 1; validation (tuning=true): data_seed + 2
         train = synthetic_split(cfg.domain, cfg.num_classes, cfg.n_train, cfg.image_size, cfg.data_seed)
-        test = synthetic_split(cfg.domain, cfg.num_classes, cfg.n_test, cfg.image_size, cfg.data_seed + 1)
+        if cfg.get("tuning"):
+            test = synthetic_split(cfg.domain, cfg.num_classes, cfg.n_val, cfg.image_size, cfg.data_seed + 2)
+        else:
+            test = synthetic_split(cfg.domain, cfg.num_classes, cfg.n_test, cfg.image_size, cfg.data_seed + 1)
         if cfg.get("shots"):
             train = Subset(train, k_shot_indices(train.labels, int(cfg.shots), seed=seed).tolist())
         return train, test, cfg.num_classes
@@ -299,4 +362,4 @@ def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset, int]:
         tr = fewshot(root, cfg.task, "train", cfg.shots, cfg.list_seed, paper_transform(True, size))
         ev = fewshot(root, cfg.task, "val" if cfg.tuning else "test", transform=paper_transform(False, size))
         return tr, ev, FEWSHOT_CLASSES[cfg.task]
-    raise ValueError(f"unknown data.name {name!r}; expected synthetic, vtab1k, fgvc or fewshot.")
+    raise ConfigError(f"unknown data.name {name!r}; use synthetic, vtab1k, fgvc or fewshot")

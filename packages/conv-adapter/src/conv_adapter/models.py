@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from shared.errors import CheckpointError, ConfigError
 
-from .adapter import ConvAdapterConfig
+from .adapter import DEFAULT_REDUCTION, ConvAdapterConfig
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # torchvision weight files looked for in the hub cache (the official code uses ResNet-50 IMAGENET1K_V2)
@@ -194,20 +195,44 @@ def default_targets(model: nn.Module, arch: str, scheme: str) -> str:
     return r"layer\d\.\d+\.conv2" if isinstance(block, Bottleneck) else r"layer\d\.\d+\.conv1"
 
 
-def adapter_config(model: nn.Module, arch: str, scheme: str = "conv_parallel", reduction: float = 8,
+ADAPTER_INITS = ("official", "zero")
+
+
+def adapter_config(model: nn.Module, arch: str, scheme: str = "conv_parallel", reduction: float = DEFAULT_REDUCTION,
                    init: str = "official", placement: str = "conv", target_modules: str | None = None,
                    kernel_size: int | None = None) -> ConvAdapterConfig:
     """A :class:`ConvAdapterConfig` with the official per-backbone choices: ReLU + Kaiming init + 3x3 for
-    ResNet, GELU + truncated-normal init + 7x7 for ConvNeXt. ``init='zero'`` is the identity-at-start
-    deviation."""
+    ResNet, GELU + truncated-normal init (std 0.02) + 7x7 for ConvNeXt, ``alpha = 1``.
+    ``init='zero'`` keeps the backbone's weight init but sets ``alpha = 0`` (the identity-at-start deviation)."""
+    if init not in ADAPTER_INITS:
+        raise ValueError(f"init must be one of {ADAPTER_INITS}, got {init!r}")
     fam = family(arch)
-    official_init = "kaiming" if fam == "resnet" else "trunc_normal"
     return ConvAdapterConfig(
         target_modules=target_modules or default_targets(model, arch, scheme),
         scheme=scheme,
         reduction=reduction,
         kernel_size=kernel_size or (3 if fam == "resnet" else 7),
         act="relu" if fam == "resnet" else "gelu",
-        init=official_init if init == "official" else init,
+        init="kaiming" if fam == "resnet" else "trunc_normal",
+        alpha=0.0 if init == "zero" else 1.0,
         placement=placement,
     )
+
+
+# ------------------------------------------------------------- the official pre-pooling BatchNorm
+
+POOL_NORM_PREFIX = "avgpool.norm."
+
+
+def add_pool_norm(model: nn.Module, arch: str) -> nn.BatchNorm2d:
+    """The official ResNet's extra ``BatchNorm2d(C)`` on the last feature map, before global pooling
+    (``self.norm`` in the released ``resnet.py``: 2048 channels on ResNet-50), freshly initialised
+    (scale 1, shift 0, statistics 0/1). ``avgpool`` becomes ``Sequential(norm, pool)``, so the new
+    parameters are ``avgpool.norm.weight`` / ``.bias`` and every backbone name stays the same."""
+    if family(arch) != "resnet" or not isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2d):
+        raise ValueError(f"pool_norm is the official ResNet's BatchNorm before pooling; {arch} has no such place "
+                         "(ConvNeXt already normalises before its head)")
+    channels = model.fc.in_features if isinstance(model.fc, nn.Linear) else model.fc[-1].in_features
+    norm = nn.BatchNorm2d(channels)
+    model.avgpool = nn.Sequential(OrderedDict(norm=norm, pool=model.avgpool))
+    return norm

@@ -8,7 +8,9 @@ any field (domain, size, epochs, ...) gives a new key. The transfer run then ada
 *different* synthetic domain (other classes, appearance).
 
 Pre-training runs inside ``torch.random.fork_rng`` so that a cache hit and a cache miss leave the
-caller's random state identical (the transfer run is reproducible either way).
+caller's random state identical (the transfer run is reproducible either way). The key also holds
+:data:`PRETRAIN_VERSION`, raised whenever :func:`train_source` changes, so that a cache written by other
+pre-training code is never reused.
 """
 
 from __future__ import annotations
@@ -25,18 +27,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.data import generate
+from shared.data import MAX_CLASSES, generate
+from shared.errors import CheckpointError, check_choice, check_range
 from shared.runtime import barrier, is_main_process, load_checkpoint, make_generator, save_checkpoint, versions
 
+from .data import list_synthetic_domains, synthetic_domain
 from .models import create_backbone
 
 log = logging.getLogger("conv_adapter")
 KEYS = ("arch", "domain", "num_classes", "n_train", "n_test", "image_size", "epochs", "batch_size", "lr",
         "weight_decay", "seed")
+PRETRAIN_VERSION = 2  # raise when train_source changes: older cache files then miss
+
+
+def check_pretrain(p: Any) -> None:
+    """Validate a ``model.pretrain`` block (one-line :class:`~shared.errors.ConfigError`)."""
+    check_choice("model.pretrain.domain", p.domain, list_synthetic_domains())
+    check_range("model.pretrain.num_classes", p.num_classes, 2, MAX_CLASSES, integer=True)
+    check_range("model.pretrain.n_train", p.n_train, p.num_classes, integer=True)
+    check_range("model.pretrain.n_test", p.n_test, 1, integer=True)
+    check_range("model.pretrain.image_size", p.image_size, 8, integer=True)
+    check_range("model.pretrain.epochs", p.epochs, 1, integer=True)
+    check_range("model.pretrain.batch_size", p.batch_size, 1, integer=True)
+    check_range("model.pretrain.lr", p.lr, 0, lo_inclusive=False)
+    check_range("model.pretrain.weight_decay", p.weight_decay, 0)
+    check_range("model.pretrain.seed", p.seed, 0, integer=True)
 
 
 def pretrain_key(pcfg: dict[str, Any]) -> str:
-    canonical = json.dumps({k: pcfg[k] for k in KEYS}, sort_keys=True)
+    canonical = json.dumps({"version": PRETRAIN_VERSION, **{k: pcfg[k] for k in KEYS}}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -45,7 +64,7 @@ def cache_path(pcfg: dict[str, Any], cache_dir: str | os.PathLike) -> Path:
 
 
 def _tensors(domain: str, num_classes: int, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = generate(n, num_classes, size, domain, seed)
+    images, labels = generate(n, num_classes, size, synthetic_domain(domain), seed)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255), torch.from_numpy(labels)
 
 
@@ -96,12 +115,12 @@ def pretrained_state(pcfg: dict[str, Any], cache_dir: str | os.PathLike) -> tupl
         log.info("pre-training %s on synthetic domain %s (cache miss: %s)", pcfg["arch"], pcfg["domain"], path)
         with torch.random.fork_rng(devices=[]):
             state, metrics = train_source(pcfg)
-        save_checkpoint({"model": state, "config": dict(pcfg), "metrics": metrics,
-                         "versions": versions()}, path)
+        save_checkpoint({"model": state, "config": {k: pcfg[k] for k in KEYS}, "metrics": metrics,
+                         "version": PRETRAIN_VERSION, "versions": versions()}, path)
         log.info("source-domain test accuracy %.2f%% after %.0fs; cached at %s", metrics["source_test_acc"],
                  metrics["seconds"], path)
     barrier()
     ckpt = load_checkpoint(path)
-    if any(ckpt["config"].get(k) != pcfg[k] for k in KEYS):
-        raise ValueError(f"cached pre-training {path} was made with another config; delete it.")
+    if any(ckpt["config"].get(k) != pcfg[k] for k in KEYS) or ckpt.get("version") != PRETRAIN_VERSION:
+        raise CheckpointError(f"cached pre-training {path} was made with another config or code version; delete it")
     return ckpt["model"], ckpt["metrics"]

@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from shared.cli import hydra_main
-from shared.errors import check_choice, check_range, require
+from shared.data import MAX_CLASSES
+from shared.errors import ConfigError, check_choice, check_range, require
 from shared.metrics import topk_accuracy
 from shared.runtime import (
     Progress,
@@ -39,11 +40,12 @@ from shared.runtime import (
     versions,
 )
 
-from .adapter import INITS, SCHEMES, adapter_state_dict
-from .data import build_datasets
-from .models import (create_backbone, head_prefix, hub_weights_path, list_models, load_backbone_weights,
-                     load_state_dict_file, replace_head)
-from .pretrain import pretrained_state
+from .adapter import SCHEMES, adapter_state_dict
+from .data import (FEWSHOT_CLASSES, FEWSHOT_SHOTS, FGVC_CLASSES, VTAB_CLASSES, build_datasets,
+                   list_synthetic_domains)
+from .models import (ADAPTER_INITS, create_backbone, family, head_prefix, hub_weights_path, list_models,
+                     load_backbone_weights, load_state_dict_file, replace_head)
+from .pretrain import check_pretrain, pretrained_state
 from .tuning import BN_MODES, METHODS, TuningInfo, apply_method, set_train_mode
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -53,26 +55,74 @@ log = logging.getLogger("conv_adapter")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every registry name and value range of a run, checked before any data or model is built."""
+    """Every registry name and value range of a run, checked before any data or model is built; then the
+    method is set up on the architecture alone (meta device: no memory, no weights) so that a gamma that
+    does not divide a channel count or a ``target_modules`` that matches nothing fails here, not later."""
     check_choice("model.arch", cfg.model.arch, list_models())
     check_choice("method.name", cfg.method.name, METHODS)
     check_choice("method.scheme", cfg.method.scheme, SCHEMES)
-    check_choice("method.init", cfg.method.init, ("official", *INITS))
+    check_choice("method.init", cfg.method.init, ADAPTER_INITS)
     check_choice("method.placement", cfg.method.placement, ("conv", "official"))
     check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     check_choice("bn_mode", cfg.bn_mode, BN_MODES)
     check_choice("data.name", cfg.data.name, DATASETS)
     check_range("method.reduction", cfg.method.reduction, 0, lo_inclusive=False)
+    check_range("method.prompt_size", cfg.method.prompt_size, 1, integer=True, allow_none=True)
+    for node, key in ((cfg.method, "train_norms"), (cfg.method, "pool_norm"), (cfg.data, "tuning")):
+        prefix = "method" if node is cfg.method else "data"
+        require(isinstance(node[key], bool), f"{prefix}.{key}={node[key]!r} must be true or false",
+                f"set {prefix}.{key}=true or {prefix}.{key}=false")
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
         check_range(key, cfg[key], 1, integer=True)
-    check_range("optim.lr", cfg.optim.lr, 0, lo_inclusive=False)
-    check_range("optim.weight_decay", cfg.optim.weight_decay, 0)
+    check_range("log_interval", cfg.log_interval, 0, lo_inclusive=False)
+    check_range("model.head_dropout", cfg.model.head_dropout, 0, 1, hi_inclusive=False)
+    o = cfg.optim
+    check_range("optim.lr", o.lr, 0, lo_inclusive=False)
+    check_range("optim.weight_decay", o.weight_decay, 0)
+    check_range("optim.momentum", o.momentum, 0, 1, hi_inclusive=False)
+    check_range("optim.min_lr", o.min_lr, 0, o.lr)
+    check_range("optim.warmup_epochs", o.warmup_epochs, 0, cfg.epochs - 1, integer=True)
     check_range("label_smoothing", cfg.label_smoothing, 0, 1, hi_inclusive=False)
-    check_range("data.image_size", cfg.data.image_size, 8, integer=True)
+    d = cfg.data
+    check_range("data.image_size", d.image_size, 8, integer=True)
+    if d.name == "synthetic":
+        check_choice("data.domain", d.domain, list_synthetic_domains())
+        check_range("data.num_classes", d.num_classes, 2, MAX_CLASSES, integer=True)
+        check_range("data.n_train", d.n_train, d.num_classes, integer=True)
+        check_range("data.n_test", d.n_test, 1, integer=True)
+        check_range("data.n_val", d.n_val, 1, integer=True)
+        check_range("data.data_seed", d.data_seed, 0, integer=True)
+        check_range("data.shots", d.shots, 1, d.n_train // d.num_classes, integer=True, allow_none=True)
+    elif d.name == "vtab1k":
+        check_choice("data.task", d.task, sorted(VTAB_CLASSES))
+    elif d.name == "fgvc":
+        check_choice("data.task", d.task, sorted(FGVC_CLASSES))
+    elif d.name == "fewshot":
+        check_choice("data.task", d.task, sorted(FEWSHOT_CLASSES))
+        check_choice("data.shots", d.shots, FEWSHOT_SHOTS)
+        check_range("data.list_seed", d.list_seed, 1, integer=True)
     w = cfg.weights
     require(w in (None, "synthetic", "imagenet") or Path(str(w)).expanduser().is_file(),
             f"weights={w!r} is neither null, synthetic, imagenet nor an existing file",
             "pass weights=null, weights=synthetic, weights=imagenet or weights=/path/to/state_dict.pth")
+    if w == "synthetic":
+        require("pretrain" in cfg.model, f"weights=synthetic needs a synthetic pre-training recipe, but model "
+                f"{cfg.model.arch} has no model.pretrain", "use model=resnet_tiny, or weights=null|imagenet|<file>")
+        check_pretrain(cfg.model.pretrain)
+    require(not (cfg.method.pool_norm and family(cfg.model.arch) != "resnet"),
+            f"method.pool_norm=true is the official ResNet's BatchNorm before pooling; {cfg.model.arch} has none",
+            "set method.pool_norm=false (ConvNeXt normalises before its head already)")
+    with torch.device("meta"):  # the method on the bare architecture: catches bad gamma / targets now
+        model = create_backbone(cfg.model.arch)
+        replace_head(model, cfg.model.arch, 2, cfg.model.head_dropout)
+        m = cfg.method
+        try:
+            apply_method(model, cfg.model.arch, m.name, image_size=d.image_size, scheme=m.scheme,
+                         reduction=m.reduction, init=m.init, placement=m.placement, target_modules=m.target_modules,
+                         prompt_size=m.prompt_size, train_norms=m.train_norms, pool_norm=m.pool_norm)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"method {m.name} on {cfg.model.arch}: {str(e).rstrip('.')}; fix method.reduction / "
+                              "method.target_modules / method.placement / method.prompt_size") from e
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, TuningInfo, dict]:
@@ -93,7 +143,8 @@ def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, TuningInf
     m = cfg.method
     info = apply_method(model, arch, m.name, image_size=cfg.data.image_size, scheme=m.scheme,
                         reduction=m.reduction, init=m.init, placement=m.placement,
-                        target_modules=m.target_modules, prompt_size=m.prompt_size, train_norms=m.train_norms)
+                        target_modules=m.target_modules, prompt_size=m.prompt_size, train_norms=m.train_norms,
+                        pool_norm=m.pool_norm)
     return model, info, extra
 
 
@@ -155,7 +206,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = cosine_schedule(optimizer, total_steps, cfg.optim.warmup_epochs * steps_per_epoch, cfg.optim.min_lr)
     model_args = {"arch": info.arch, "method": info.method, "num_classes": num_classes,
-                  "adapter_config": info.adapter_config}
+                  "adapter_config": info.adapter_config, "pool_norm": bool(cfg.method.pool_norm),
+                  "train_norms": bool(cfg.method.train_norms)}
 
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, model, optimizer, scheduler, expect=model_args)
     if ckpt:
@@ -170,6 +222,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     max_steps = cfg.max_steps if cfg.max_steps is not None else total_steps
     metrics: dict[str, float] = {}
+    train_loss = None  # mean training loss of the last evaluated epoch (None: resumed a finished run)
     for epoch in range(start_epoch, cfg.epochs):
         if step >= max_steps:
             break
@@ -205,7 +258,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     if not metrics:  # resumed a finished run: just evaluate
         metrics = {f"test_{k}": v for k, v in evaluate(model, eval_set, ctx, cfg.eval_batch_size, cfg.num_workers).items()}
-    result = {**metrics, "step": step, "trainable_params": info.trainable, "full_params": info.full,
+    result = {**metrics, "train_loss": train_loss, "step": step, "trainable_params": info.trainable, "full_params": info.full,
               "trainable_percent": info.percent, "method": info.method, "arch": info.arch,
               "scheme": info.adapter_config["scheme"] if info.adapter_config else None,
               **{f"source_{k}": v for k, v in source_metrics.items() if k != "seconds"}}

@@ -8,9 +8,16 @@
                   baseline): a learnable frame of ``prompt_size`` pixels added to the image + head.
 ``conv_adapter``  Conv-Adapter (any of the four schemes) + head.
 
-Frozen BatchNorm layers stay in eval mode while training (:func:`set_train_mode`, ``bn_mode='eval'``,
-the default); ``bn_mode='train'`` reproduces the official trainer, which calls ``model.train()`` and so
-lets the running statistics of "frozen" BN layers drift.
+Every method may add the official ResNet's trainable ``BatchNorm2d`` before pooling (``pool_norm``).
+
+BatchNorm statistics (:func:`set_train_mode`): ``bn_mode='train'`` (the default) is the official trainer,
+which calls ``model.train()``: every BatchNorm, frozen or not, updates its running statistics on the
+target data (statistics are buffers, not parameters: the pre-trained *parameters* stay frozen, as the
+paper says). With ``bn_mode='eval'`` a BatchNorm layer whose *scale* is frozen keeps the pretrained
+statistics (it runs in eval mode); a layer that trains its scale (full fine-tuning, ``train_norms``, the
+new ``pool_norm``) updates them as usual. BitFit trains only the shift of each BN, so under ``eval`` its
+statistics stay fixed too: the frozen part of the network sees the same normalisation under every
+parameter-efficient method.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapter import inject_adapters, is_adapter_param, trainable_report
-from .models import adapter_config, head_prefix
+from .adapter import DEFAULT_REDUCTION, inject_adapters, is_adapter_param, trainable_report
+from .models import POOL_NORM_PREFIX, adapter_config, add_pool_norm, head_prefix
 
 METHODS = ("linear", "full", "bitfit", "prompt", "conv_adapter")
 BN_MODES = ("eval", "train")
@@ -70,21 +77,26 @@ class TuningInfo:
 
 
 def apply_method(model: nn.Module, arch: str, method: str, *, image_size: int, scheme: str = "conv_parallel",
-                 reduction: float = 8, init: str = "official", placement: str = "conv",
-                 target_modules: str | None = None, prompt_size: int | None = None, train_norms: bool = False) -> TuningInfo:
+                 reduction: float = DEFAULT_REDUCTION, init: str = "official", placement: str = "conv",
+                 target_modules: str | None = None, prompt_size: int | None = None, train_norms: bool = False,
+                 pool_norm: bool = False) -> TuningInfo:
     """Set up ``model`` (a backbone with its new head already in place) for ``method``, in place:
     inject adapters / prompter / biases and set ``requires_grad``. Returns what was done and the
-    trainable-parameter count as a % of full fine-tuning (the backbone + head before any addition).
+    trainable-parameter count as a % of full fine-tuning: ``full`` counts the backbone + the new head
+    *before* anything is added (adapters, prompter, BitFit biases, pool norm are extra parameters).
 
     ``train_norms`` also trains every normalisation layer's affine parameters (the official
     ``conv_adapt`` trains all parameters with ``norm`` in their name, which on ConvNeXt are the block
-    LayerNorms); off by default.
+    LayerNorms); off by default. ``pool_norm`` adds the official ResNet's trainable BatchNorm before
+    global pooling (:func:`conv_adapter.models.add_pool_norm`); it trains under every method.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}.")
     full = sum(p.numel() for p in model.parameters())
     info = TuningInfo(method=method, arch=arch, full=full)
     head = head_prefix(arch)
+    if pool_norm:
+        add_pool_norm(model, arch)
     if method == "conv_adapter":
         cfg = adapter_config(model, arch, scheme, reduction, init, placement, target_modules)
         info.adapted = inject_adapters(model, cfg)
@@ -102,7 +114,7 @@ def apply_method(model: nn.Module, arch: str, method: str, *, image_size: int, s
     for name, p in model.named_parameters():
         trainable = (
             method == "full"
-            or name.startswith(head)
+            or name.startswith((head, POOL_NORM_PREFIX))
             or (method == "conv_adapter" and is_adapter_param(name))
             or (method == "bitfit" and name.endswith(".bias"))
             or (method == "prompt" and name.startswith("prompter."))
@@ -119,14 +131,16 @@ def apply_method(model: nn.Module, arch: str, method: str, *, image_size: int, s
 
 
 def frozen_norm_layers(model: nn.Module) -> list[nn.Module]:
-    """BatchNorm layers none of whose parameters train."""
+    """BatchNorm layers whose scale does not train (frozen, or BitFit's shift-only tuning): under
+    ``bn_mode='eval'`` their running statistics stay the pretrained ones."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+            and not (m.weight is not None and m.weight.requires_grad)]
 
 
-def set_train_mode(model: nn.Module, bn_mode: str = "eval") -> nn.Module:
-    """``model.train()``, then (``bn_mode='eval'``) put frozen BatchNorm layers back in eval mode so
-    their running statistics stay the pretrained ones. ``bn_mode='train'`` is the official behaviour."""
+def set_train_mode(model: nn.Module, bn_mode: str = "train") -> nn.Module:
+    """``model.train()``, then (``bn_mode='eval'``) put the BatchNorm layers whose scale is frozen back in
+    eval mode, so their running statistics stay the pretrained ones (module docstring).
+    ``bn_mode='train'`` (default) is the official behaviour: every BN updates its statistics."""
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
     model.train()

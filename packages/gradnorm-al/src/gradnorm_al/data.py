@@ -21,6 +21,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 SYNTHETIC_MEAN, SYNTHETIC_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+DATASETS = ("synthetic", "cifar10", "cifar100", "svhn")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ArrayData:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     name: str = ""
+    redundant: torch.Tensor | None = None  # synthetic redundant pools: True where an image is a duplicate
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -82,6 +84,34 @@ def _from_hwc(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(array, dtype=np.uint8).transpose(0, 3, 1, 2)))
 
 
+def redundant_pool(n: int, num_classes: int, size: int, seed: int, kw: dict, fraction: float = 0.8,
+                   prototypes_per_class: int = 2, noise: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pool where selection matters (ours; the mechanism check): ``fraction`` of it are near-duplicates of a
+    few easy prototypes (``prototypes_per_class`` per class: large, centred, upright objects, each copy with
+    +-``noise`` grey levels of uniform pixel noise), the rest diverse draws like the test set. Returns images
+    (N, H, W, 3) uint8 in shuffled order, labels, and a mask that is True where an image is a duplicate."""
+    from shared.data import generate
+
+    if not 0 < fraction < 1:
+        from shared.errors import ConfigError
+
+        raise ConfigError(f"data.redundant.fraction={fraction} must lie in (0, 1); use 0.8, or 0 for a plain pool")
+    n_red = int(round(fraction * n))
+    xd, yd = generate(n - n_red, num_classes, size, seed=seed, **kw)
+    n_proto = prototypes_per_class * num_classes
+    xp, yp = generate(n_proto, num_classes, size, domain=kw["domain"], seed=seed + 20_000,
+                      scale_range=(0.8, 0.9), position_jitter=0.0, max_rotation=0.0)
+    rng = np.random.default_rng([seed, 0xD0])
+    which = np.arange(n_red) % n_proto
+    jitter = rng.integers(-noise, noise + 1, size=(n_red, *xp.shape[1:]))
+    xr = np.clip(xp[which].astype(np.int16) + jitter, 0, 255).astype(np.uint8)
+    x = np.concatenate([xd, xr])
+    y = np.concatenate([np.asarray(yd), np.asarray(yp)[which]])
+    redundant = np.concatenate([np.zeros(n - n_red, bool), np.ones(n_red, bool)])
+    order = rng.permutation(n)
+    return x[order], y[order], redundant[order]
+
+
 def load_dataset(cfg) -> tuple[ArrayData, ArrayData]:
     """``(train pool, test set)`` for ``cfg.name`` in synthetic | cifar10 | cifar100 | svhn."""
     name = cfg.name
@@ -89,11 +119,18 @@ def load_dataset(cfg) -> tuple[ArrayData, ArrayData]:
         from shared.data import generate
 
         kw = dict(domain=cfg.domain, scale_range=tuple(cfg.get("scale_range", (0.3, 0.9))))
-        xtr, ytr = generate(cfg.n_train, cfg.num_classes, cfg.image_size, seed=cfg.seed, **kw)
+        red = dict(cfg.get("redundant") or {})
+        flags = None
+        if red.get("fraction", 0.0) > 0:
+            xtr, ytr, flags = redundant_pool(cfg.n_train, cfg.num_classes, cfg.image_size, cfg.seed, kw, **red)
+        else:
+            xtr, ytr = generate(cfg.n_train, cfg.num_classes, cfg.image_size, seed=cfg.seed, **kw)
         xte, yte = generate(cfg.n_test, cfg.num_classes, cfg.image_size, seed=cfg.seed + 10_000, **kw)
         mk = lambda x, y: ArrayData(_from_hwc(x), torch.from_numpy(np.asarray(y, dtype=np.int64)), cfg.num_classes,
                                     SYNTHETIC_MEAN, SYNTHETIC_STD, f"synthetic/{cfg.domain}")
-        return mk(xtr, ytr), mk(xte, yte)
+        train = mk(xtr, ytr)
+        train.redundant = None if flags is None else torch.from_numpy(flags)
+        return train, mk(xte, yte)
     if name in ("cifar10", "cifar100"):
         from shared.data import cifar
 
@@ -114,4 +151,7 @@ def load_dataset(cfg) -> tuple[ArrayData, ArrayData]:
                                  torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), 10, SVHN_MEAN, SVHN_STD,
                                  "svhn"))
         return out[0], out[1]
-    raise ValueError(f"Unknown dataset {name!r}; expected synthetic, cifar10, cifar100 or svhn.")
+    from shared.errors import check_choice
+
+    check_choice("data.name", name, DATASETS)
+    raise AssertionError("unreachable")

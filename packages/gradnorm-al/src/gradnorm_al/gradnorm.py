@@ -28,7 +28,11 @@ Three ways to compute the per-sample gradients (``impl``), all in eval mode by d
   input (P positions x D = C_in*k*k) -- the same choice as in mixed ghost clipping.
   Parameters are switched to ``requires_grad=False`` during the pass, so autograd computes only the
   activation gradients it needs to reach earlier layers.
-* ``auto`` -- ``ghost`` when every parameterised module is supported, otherwise ``vmap``.
+* ``head``  -- the closed form for a linear head (``params`` selecting only the last ``nn.Linear``, whose
+  output is the logits): one forward pass without any graph through the backbone, g = dL/dz on the
+  logits alone, then ||grad_W||^2 = ||g||^2 ||h||^2 and ||grad_b||^2 = ||g||^2 with h the head's input.
+* ``auto`` -- ``head`` when ``params`` selects only the last linear layer, else ``ghost`` when every
+  parameterised module is supported, otherwise ``vmap``.
 
 Per-sample gradients are only defined when samples do not interact: BatchNorm must use its running
 statistics (eval mode). A model with BatchNorm in train mode cannot be scored by ``vmap`` or
@@ -48,7 +52,7 @@ from torch import nn
 
 LOSSES = ("entropy", "expected", "expected_detached")
 SCORES = ("entropy", "expected", "expected_detached", "egl")
-IMPLS = ("auto", "ghost", "vmap", "loop")
+IMPLS = ("auto", "head", "ghost", "vmap", "loop")
 AGGREGATES = ("sum_of_norms", "global_l2")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -336,6 +340,49 @@ def ghost_sq_norms(model: nn.Module, x: torch.Tensor, loss: LossFn, params: dict
     return {n: hooks.sq.get(n, zeros) for n in params}
 
 
+# ------------------------------------------------------------------------------------ head
+
+
+def head_module(model: nn.Module, params: dict[str, nn.Parameter]) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` when ``params`` are only its weight and/or bias, else None."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return None
+    head = linears[-1]
+    own = {id(p) for p in head.parameters(recurse=False)}
+    return head if params and all(id(p) in own for p in params.values()) else None
+
+
+def head_sq_norms(model: nn.Module, x: torch.Tensor, loss: LossFn, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Closed form for a linear head z = W h + b: per sample ||dL/dW||^2 = ||g||^2 ||h||^2 and ||dL/db||^2 =
+    ||g||^2 with g = dL/dz. The backbone runs without autograd; only the logits get a gradient."""
+    head = head_module(model, params)
+    if head is None:
+        raise ValueError("impl='head' needs params selecting only the last nn.Linear layer (e.g. params='^fc\\.'); "
+                         "use impl='auto'")
+    seen: dict[str, torch.Tensor] = {}
+    handle = head.register_forward_hook(lambda m, inp, out: seen.update(h=inp[0], z=out))
+    try:
+        with torch.no_grad():
+            z = logits_of(model(x))
+    finally:
+        handle.remove()
+    if seen.get("z") is not z:
+        raise ValueError(f"impl='head': the output of the last linear layer of {type(model).__name__} is not the "
+                         "model's logits (something runs after it); use impl='ghost' or 'vmap'")
+    h = seen["h"].reshape(len(x), -1, seen["h"].shape[-1])  # (B, positions, in)
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        g = torch.autograd.grad(loss(zz).sum(), zz)[0].reshape(len(x), -1, z.shape[-1])  # (B, positions, out)
+    names = {id(p): n for n, p in params.items()}
+    out: dict[str, torch.Tensor] = {}
+    if id(head.weight) in names:
+        out[names[id(head.weight)]] = _matrix_sq_norm(g.double(), h.double())
+    if head.bias is not None and id(head.bias) in names:
+        out[names[id(head.bias)]] = g.double().sum(1).pow(2).sum(1)
+    return out
+
+
 # ---------------------------------------------------------------------------------- driver
 
 
@@ -343,11 +390,13 @@ def resolve_impl(model: nn.Module, params: dict[str, nn.Parameter], impl: str) -
     if impl not in IMPLS:
         raise ValueError(f"Unknown impl {impl!r}; expected one of {IMPLS}.")
     if impl == "auto":
+        if head_module(model, params) is not None:
+            return "head"
         return "ghost" if ghost_unsupported(model, params) is None else "vmap"
     return impl
 
 
-_ENGINES = {"loop": loop_sq_norms, "vmap": vmap_sq_norms, "ghost": ghost_sq_norms}
+_ENGINES = {"loop": loop_sq_norms, "vmap": vmap_sq_norms, "ghost": ghost_sq_norms, "head": head_sq_norms}
 
 
 def iter_batches(data, batch_size: int, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
@@ -385,7 +434,7 @@ def per_sample_grad_norms(model: nn.Module, data, loss: str = "entropy", *, impl
     Args:
         loss: ``entropy`` | ``expected`` (identical gradients, see module doc) | ``expected_detached``
             (identically zero; for tests) | ``egl`` (sum_y p_y ||grad CE(x, y)||, C passes).
-        impl: ``auto`` | ``ghost`` | ``vmap`` | ``loop``.
+        impl: ``auto`` | ``head`` | ``ghost`` | ``vmap`` | ``loop``.
         aggregate: ``sum_of_norms`` (official) | ``global_l2``.
         params: ``all`` trainable parameters, or a regex on parameter names (e.g. ``^fc\\.``).
         chunk_size: samples per vectorised pass (bounds memory; ignored by ``loop``).

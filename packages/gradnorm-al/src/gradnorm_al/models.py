@@ -27,8 +27,9 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; available: {list_models()}.")
+    from shared.errors import check_choice
+
+    check_choice("model.name", name, list_models())
     return _MODELS[name](num_classes=num_classes, **kwargs)
 
 
@@ -41,7 +42,10 @@ def resnet18_cifar(num_classes: int = 10, dropout: float = 0.0, width: int = 64)
 
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, width_per_group=64)
     if width != 64:
-        raise ValueError("resnet18_cifar supports width=64 only (torchvision's BasicBlock fixes the widths).")
+        from shared.errors import ConfigError
+
+        raise ConfigError(f"model.width={width}: resnet18_cifar supports width=64 only (torchvision's BasicBlock "
+                          "fixes the widths); remove the model.width override")
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     if dropout > 0:

@@ -20,12 +20,15 @@ core-set is a greedy set-selection procedure.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.errors import ConfigError, check_choice
 
 from .gradnorm import eval_mode, iter_batches, logits_of, per_sample_grad_norms
 
@@ -42,6 +45,7 @@ class SelectionContext:
     seed: int = 0
     gradnorm: dict = field(default_factory=dict)  # impl, aggregate, params, chunk_size
     mc_samples: int = 20
+    offset: int = 0  # position of this pool's first sample in the whole candidate pool (sharded scoring)
 
 
 class Strategy:
@@ -52,15 +56,44 @@ class Strategy:
 
 
 class ScoreStrategy(Strategy):
-    """Top-``budget`` of a per-sample score (ties broken by the lower position)."""
+    """Top-``budget`` of a per-sample score (ties broken by the lower position).
+
+    Under torchrun the pool is scored in shards: it is cut into the same chunks a single process scores one
+    at a time (``shard_size``), chunk k goes to rank k % world size, and the scores are gathered, so every
+    rank holds the scores a single process computes (bit for bit on the same hardware) and selects the same
+    samples."""
 
     def scores(self, model: nn.Module, pool, ctx: SelectionContext) -> torch.Tensor:
         raise NotImplementedError
 
+    def shard_size(self, ctx: SelectionContext) -> int:
+        return ctx.batch_size
+
+    def all_scores(self, model: nn.Module, pool, ctx: SelectionContext) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.scores(model, pool, ctx).double().cpu()
+        rank, world, size, n = dist.get_rank(), dist.get_world_size(), self.shard_size(ctx), len(pool)
+        starts = list(range(0, n, size))
+        mine = {s: self.scores(model, _slice(pool, s, min(s + size, n)),
+                               dataclasses.replace(ctx, offset=ctx.offset + s)).double().cpu()
+                for s in starts[rank::world]}
+        gathered: list[dict | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        merged = {k: v for part in gathered for k, v in part.items()}
+        return torch.cat([merged[s] for s in starts]) if starts else torch.zeros(0, dtype=torch.float64)
+
     def select(self, model, pool, budget, ctx):
-        s = self.scores(model, pool, ctx).double().cpu()
+        s = self.all_scores(model, pool, ctx)
         order = torch.sort(-s, stable=True).indices
         return order[:budget]
+
+
+def _slice(pool, start: int, stop: int):
+    if isinstance(pool, torch.Tensor):
+        return pool[start:stop]
+    return torch.utils.data.Subset(pool, range(start, stop))
 
 
 def register_strategy(cls):
@@ -76,8 +109,7 @@ def list_strategies() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in _STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; available: {list_strategies()}.")
+    check_choice("strategy", name, list_strategies())
     return _STRATEGIES[name]
 
 
@@ -195,16 +227,21 @@ class BALDStrategy(ScoreStrategy):
     def scores(self, model, pool, ctx):
         dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         if not dropouts or all(m.p == 0 for m in dropouts):
-            raise ValueError(f"strategy 'bald' needs MC dropout, but {type(model).__name__} has no dropout "
-                             f"layer with p > 0. Build the model with dropout (e.g. model.dropout=0.3).")
+                raise ConfigError(f"strategy=bald needs MC dropout, but {type(model).__name__} has no dropout layer "
+                              f"with p > 0; build the model with dropout (e.g. model.dropout=0.3)")
         if ctx.mc_samples < 2:
-            raise ValueError(f"bald needs mc_samples >= 2, got {ctx.mc_samples}.")
+            raise ConfigError(f"bald.mc_samples={ctx.mc_samples}: BALD needs at least 2 MC samples; set bald.mc_samples=20")
         out = []
         with eval_mode(model):
             for m in dropouts:  # dropout on, BatchNorm stays on running statistics
                 m.train()
-            for xb in iter_batches(pool, ctx.batch_size, ctx.device):
-                p = torch.stack([F.softmax(logits_of(model(xb)).double(), -1) for _ in range(ctx.mc_samples)])
+            for b, xb in enumerate(iter_batches(pool, ctx.batch_size, ctx.device)):
+                # dropout masks drawn from (seed, position of the batch in the whole pool): the same scores
+                # whether the pool is scored in one process or sharded over ranks
+                with torch.random.fork_rng(devices=[xb.device] if xb.device.type == "cuda" else []):
+                    torch.manual_seed(int(np.random.SeedSequence([ctx.seed, ctx.offset + b * ctx.batch_size])
+                                          .generate_state(1)[0]))
+                    p = torch.stack([F.softmax(logits_of(model(xb)).double(), -1) for _ in range(ctx.mc_samples)])
                 mean = p.mean(0)
                 out.append((entropy_of(mean) - entropy_of(p).mean(0)).cpu())
         return torch.cat(out)
@@ -212,6 +249,9 @@ class BALDStrategy(ScoreStrategy):
 
 class _GradNormStrategy(ScoreStrategy):
     loss = ""
+
+    def shard_size(self, ctx):
+        return int((ctx.gradnorm or {}).get("chunk_size", 64))
 
     def scores(self, model, pool, ctx):
         opts = {"impl": "auto", "aggregate": "sum_of_norms", "params": "all", "chunk_size": 64}

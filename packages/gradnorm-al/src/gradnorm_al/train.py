@@ -1,5 +1,10 @@
 """The active-learning loop, as the official GradNorm code runs it, with exact mid-loop resume.
 
+Under torchrun (``torchrun --nproc-per-node N -m gradnorm_al.train ...``) every cycle's training runs under
+DistributedDataParallel (the labelled pool is sharded by a DistributedSampler, ``batch_size`` per process)
+and the candidate pool's scoring is sharded over the ranks and gathered, so all ranks select the same samples
+(the selection a single process makes from the same model). Only rank 0 writes files.
+
 For each trial: a random initial labelled pool; then for each cycle: train on the labelled pool
 (optimiser and LR schedule created afresh each cycle; the model continues from the previous cycle
 unless ``al.reinit=true``), evaluate on the test set, score a random ``al.subset`` of the unlabelled
@@ -21,12 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from shared.cli import hydra_main
+from shared.errors import ConfigError, check_choice, check_range, require
 from shared.metrics import mean_std
 from shared.runtime import (
     Progress,
@@ -35,11 +41,13 @@ from shared.runtime import (
     maybe_resume,
     save_training_state,
     start_run,
+    unwrap,
 )
 
-from .data import ArrayData, augment, load_dataset
-from .models import build_model
-from .strategies import select
+from .data import DATASETS, ArrayData, augment, load_dataset
+from .gradnorm import AGGREGATES, IMPLS
+from .models import build_model, list_models
+from .strategies import list_strategies, select
 
 log = logging.getLogger("gradnorm_al")
 
@@ -55,7 +63,7 @@ def derived_seed(*parts: int) -> int:
 
 def initial_pool(n: int, size: int, seed: int, trial: int) -> list[int]:
     if not 0 < size <= n:
-        raise ValueError(f"al.init_size={size} must be in [1, {n}] (the size of the training pool).")
+        raise ConfigError(f"al.init_size={size} is larger than the training pool ({n}); set al.init_size <= {n}")
     return np.random.default_rng([seed, trial, 0xA1]).permutation(n)[:size].tolist()
 
 
@@ -82,10 +90,46 @@ class _Positions(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------- train / evaluate
 
 
+def validate(cfg: DictConfig) -> None:
+    """Every name and value of the run, checked before any data is built or any step is trained."""
+    import re
+
+    check_choice("strategy", cfg.strategy, list_strategies())
+    check_choice("model.name", cfg.model.name, list_models())
+    check_choice("data.name", cfg.data.name, DATASETS)
+    check_choice("optim.name", cfg.optim.name, ("sgd",))
+    check_choice("gradnorm.impl", cfg.gradnorm.impl, IMPLS)
+    check_choice("gradnorm.aggregate", cfg.gradnorm.aggregate, AGGREGATES)
+    if cfg.gradnorm.params not in (None, "all"):
+        try:
+            re.compile(cfg.gradnorm.params)
+        except re.error as e:
+            raise ConfigError(f"gradnorm.params={cfg.gradnorm.params!r} is not a valid regex ({e}); use 'all' or a "
+                              "regex on parameter names such as '^fc\\.'") from None
+    for key, value, lo in (("epochs", cfg.epochs, 1), ("batch_size", cfg.batch_size, 1),
+                           ("eval_batch_size", cfg.eval_batch_size, 1), ("al.init_size", cfg.al.init_size, 1),
+                           ("al.budget", cfg.al.budget, 0), ("al.cycles", cfg.al.cycles, 1),
+                           ("al.trials", cfg.al.trials, 1), ("gradnorm.chunk_size", cfg.gradnorm.chunk_size, 1),
+                           ("augment.padding", cfg.augment.padding, 0)):
+        check_range(key, value, lo, integer=True)
+    check_range("al.subset", cfg.al.subset, 0, integer=True, allow_none=True)
+    check_range("optim.lr", cfg.optim.lr, 0, lo_inclusive=False)
+    check_range("optim.momentum", cfg.optim.momentum, 0, 1)
+    check_range("optim.weight_decay", cfg.optim.weight_decay, 0)
+    check_range("model.dropout", cfg.model.get("dropout", 0.0), 0, 1, hi_inclusive=False)
+    if cfg.strategy == "bald":
+        require(cfg.model.get("dropout", 0.0) > 0, f"strategy=bald needs MC dropout but model.dropout="
+                f"{cfg.model.get('dropout', 0.0)}", "set model.dropout to a value in (0, 1), e.g. model.dropout=0.3")
+        check_range("bald.mc_samples", cfg.bald.mc_samples, 2, integer=True)
+    if cfg.data.name == "synthetic":
+        check_range("data.n_train", cfg.data.n_train, 1, integer=True)
+        require(cfg.al.init_size <= cfg.data.n_train, f"al.init_size={cfg.al.init_size} is larger than the "
+                f"training pool (data.n_train={cfg.data.n_train})", "lower al.init_size or raise data.n_train")
+
+
 def build_optim(cfg, model):
     o = cfg.optim
-    if o.name != "sgd":
-        raise ValueError(f"Unknown optimiser {o.name!r}; this package implements the official 'sgd'.")
+    check_choice("optim.name", o.name, ("sgd",))
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
     return opt, sched
@@ -157,27 +201,52 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
 
 def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     t_start = time.perf_counter()
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
-    if ctx.dist.enabled:
-        raise RuntimeError("gradnorm-al runs one process per AL run (the labelled pools are a few thousand "
-                           "images); launch trials as separate jobs instead of torchrun.")
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    validate(cfg)
+    ctx = start_run(cfg, out_dir)
     device = ctx.device
     al = cfg.al
+    rank, world = ctx.dist.rank, ctx.dist.world_size
 
     # data (whole pools in memory as uint8) ------------------------------------------------------
     train, test = load_dataset(cfg.data)
     train.images, test.images = train.images.to(device), test.images.to(device)
     n_pool = len(train)
-    model_args = {"arch": cfg.model.name, "num_classes": train.num_classes}
+    model_args = {"arch": cfg.model.name, "num_classes": train.num_classes,
+                  **{f"model.{k}": v for k, v in cfg.model.items() if k != "name"}}
     model_kw = {k: v for k, v in cfg.model.items() if k != "name"}
     log.info("data %s: %d train / %d test, %d classes | strategy %s | %d trials x %d cycles",
              train.name, n_pool, len(test), train.num_classes, cfg.strategy, al.trials, al.cycles)
 
+    init_state = None
+    if cfg.weights:
+        from shared.runtime import load_checkpoint
+
+        path = Path(str(cfg.weights)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"weights={cfg.weights!r}: no such file; pass a state dict of {cfg.model.name} or weights=null")
+        init_state = load_checkpoint(path)
+        init_state = init_state.get("model", init_state) if isinstance(init_state, dict) else init_state
+
     def new_model(trial: int):
         torch.manual_seed(derived_seed(cfg.seed, trial, 0x4D))  # same init for every strategy (paired runs)
-        return build_model(cfg.model.name, train.num_classes, **model_kw).to(device)
+        model = build_model(cfg.model.name, train.num_classes, **model_kw).to(device)
+        if init_state is not None:
+            from shared.errors import CheckpointError
+
+            try:
+                model.load_state_dict(init_state)
+            except RuntimeError as e:
+                raise CheckpointError(f"weights={cfg.weights!r} do not fit {cfg.model.name} with "
+                                      f"{train.num_classes} classes ({str(e).splitlines()[0]}); pass weights of this "
+                                      "model") from None
+        return model
+
+    def trainable(model):
+        """The model to train: DDP-wrapped under torchrun (gradients all-reduced), else itself."""
+        if not ctx.dist.enabled:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # resume point --------------------------------------------------------------------------------
     state = {"trial": 0, "cycle": 0, "epoch": 0, "epoch_step": 0, "step": 0, "labelled": None, "history": []}
@@ -185,6 +254,7 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     probe_opt, probe_sched = build_optim(cfg, probe)
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, probe, probe_opt, probe_sched, expect=model_args)
     if ckpt is not None:
+        ctx.amp.load_state_dict(ckpt.get("amp"))
         al_state = ckpt["al_state"]
         state.update({k: al_state[k] for k in ("trial", "cycle", "epoch", "epoch_step", "history")})
         state["labelled"] = None if al_state["labelled"] is None else al_state["labelled"].tolist()
@@ -197,10 +267,9 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     stopped = False
 
     def checkpoint(model, opt, sched, trial, cycle, epoch, epoch_step, labelled):
-        if not ctx.is_main:
-            return
+        # a collective under torchrun (every rank's RNG state is gathered); only rank 0 writes
         save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=opt, scheduler=sched, step=step,
-                            epoch=epoch, cfg=cfg, model_args=model_args,
+                            epoch=epoch, cfg=cfg, model_args=model_args, amp=ctx.amp.state_dict(),
                             al_state={"trial": trial, "cycle": cycle, "epoch": epoch, "epoch_step": epoch_step,
                                       "labelled": None if labelled is None else torch.tensor(labelled),
                                       "history": history})
@@ -229,23 +298,26 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
             cycle_seed = derived_seed(cfg.seed, trial, cycle) % 2**31
 
             # train on the labelled pool -----------------------------------------------------------
+            net = trainable(model)
             for epoch in range(first_epoch, cfg.epochs):
-                model.train()
+                net.train()
                 loader = epoch_loader(_Positions(labelled), cfg.batch_size, shuffle=True, seed=cycle_seed,
-                                      epoch=epoch, skip_batches=skip)
+                                      epoch=epoch, dist=ctx.dist, skip_batches=skip)
                 progress = Progress(len(loader) + skip, f"trial {trial} cycle {cycle} epoch {epoch + 1}/{cfg.epochs}",
-                                    interval=30.0, logger=log, start=skip)
+                                    interval=30.0, logger=log, start=skip, enabled=ctx.is_main)
                 epoch_step, loss_sum, seen = skip, 0.0, 0
                 for idx in loader:
-                    gen = torch.Generator().manual_seed(derived_seed(cycle_seed, epoch, epoch_step))
+                    # augmentation drawn from (seed, trial, cycle, epoch, batch, rank): exact on resume
+                    gen = torch.Generator().manual_seed(derived_seed(cycle_seed, epoch, epoch_step, rank))
                     x = train.normalise(augment(train.images[idx.to(device)], gen, cfg.augment.padding,
                                                 cfg.augment.hflip))
                     y = train.labels[idx].to(device)
-                    out = model(x)
-                    loss = F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y)
+                    with ctx.amp.autocast():
+                        out = net(x)
+                        loss = F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    ctx.amp.backward(loss)
+                    ctx.amp.step(opt)
                     step += 1
                     epoch_step += 1
                     loss_sum += loss.item() * len(y)
@@ -266,7 +338,8 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
             if stopped:
                 break
 
-            # evaluate, then select the next batch ------------------------------------------------
+            # evaluate, then select the next batch (every rank: the same weights, the same selection) ------
+            model = unwrap(net)
             metrics = evaluate(model, test, device)
             row = {"trial": trial, "cycle": cycle, "n_labelled": len(labelled), **metrics, "select_seconds": 0.0,
                    "selected": []}
@@ -285,8 +358,6 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
             history.append(row)
             log.info("trial %d cycle %d: %d labelled -> test acc %.2f%% (selection %.1fs)", trial, cycle,
                      row["n_labelled"], row["test_acc"], row["select_seconds"])
-            print(f"[gradnorm-al] trial {trial} cycle {cycle}: labelled={row['n_labelled']} "
-                  f"test_acc={row['test_acc']:.2f}%", flush=True)
             last_cycle = cycle == al.cycles - 1
             next_trial, next_cycle = (trial + 1, 0) if last_cycle else (trial, cycle + 1)
             checkpoint(model, opt, sched, next_trial, next_cycle, 0, 0, None if last_cycle else labelled)
@@ -306,11 +377,12 @@ def fit(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
         if history and not stopped:
             plot_curve(history, ctx.run_dir / "al_curve.png",
                        f"{cfg.strategy} on {train.name} ({cfg.model.name}, {al.trials} trial(s))")
-    log.info("run dir %s | %s", ctx.run_dir, {k: v for k, v in result.items() if k != "curve"})
+    log.info("final: %s | outputs in %s (al_curve.csv, selections.jsonl, al_curve.png, last.pt)",
+             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k != "curve"}, ctx.run_dir)
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["NUM_EDGES", "NUM_NODES", "OFFICIAL_ARCH", "OFFICIAL_ARCH_STR", "OPS", "SEARCH_SPACE_SIZE", "arch_to_str",
-           "edge_index", "edges_into", "is_degenerate", "op_counts", "parse_arch", "random_arch"]
+           "edge_index", "edges_into", "is_degenerate", "op_counts", "parse_arch", "random_arch", "sample_arch"]
 
 OPS = ("none", "skip_connect", "TD", "BU", "FS", "SE")
 _ALIASES = {"skip": "skip_connect", "zero": "none", "td": "TD", "bu": "BU", "fs": "FS", "se": "SE",
@@ -96,6 +96,13 @@ def random_arch(rng: np.random.Generator, allow_degenerate: bool = False) -> tup
         arch = tuple(int(a) for a in rng.integers(len(OPS), size=NUM_EDGES))
         if allow_degenerate or not is_degenerate(arch):
             return arch
+
+
+def sample_arch(seed: int, step: int) -> tuple[int, ...]:
+    """The super-net's path choice at training step ``step`` (SPOS: one path per edge, uniformly, a fresh draw
+    every step). It depends only on (seed, step): every DDP rank trains the same sub-net at a step, and a resumed
+    run draws exactly what an uninterrupted run would."""
+    return random_arch(np.random.default_rng([int(seed), int(step), 0x5B05]))
 
 
 def op_counts(arch: Sequence[int]) -> dict[str, int]:

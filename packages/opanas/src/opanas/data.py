@@ -11,11 +11,14 @@ import torch
 from torch.utils.data import Subset
 from torchvision.transforms.functional import pil_to_tensor
 
-from shared.data.coco import CocoDetection, coco_split
+from shared.data.coco import COCO_HOW_TO_GET, CocoDetection, coco_split
 from shared.data.detection_scenes import synthetic_detection
-from shared.runtime import to_plain
+from shared.errors import DatasetNotFoundError
+from shared.runtime import barrier, to_plain
 
-__all__ = ["DetectionData", "build_data", "hflip_batch", "to_tensor"]
+__all__ = ["DATA_KINDS", "DetectionData", "build_data", "check_data", "hflip_batch", "to_tensor"]
+
+DATA_KINDS = ("synthetic", "coco")
 
 
 def to_tensor(image, target):
@@ -35,14 +38,36 @@ class DetectionData:
         return ds.dataset if isinstance(ds, Subset) else ds
 
 
-def build_data(cfg: Any, run_dir: Path) -> DetectionData:
+def check_data(d: Any) -> None:
+    """Cheap check that a real dataset is where the config says, before anything is built (one-line error)."""
+    if d.kind != "coco":
+        return
+    root = Path(str(d.root))
+    for split in (d.train_split, d.val_split):
+        ann = root / "annotations" / f"instances_{split}.json"
+        if not ann.is_file() or not (root / split).is_dir():
+            raise DatasetNotFoundError("COCO 2017", f"{split}/ and annotations/instances_{split}.json "
+                                       "(data.train_split / data.val_split)", root, COCO_HOW_TO_GET)
+
+
+def synthetic_splits(cfg: Any, run_dir: Path) -> tuple[Path, dict[str, int], dict[str, Any]]:
+    d = cfg.data
+    root = Path(d.root) if d.get("root") else Path(run_dir) / "scenes"
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (to_plain(d.get("scene")) or {}).items()}
+    kwargs.update(seed=int(d.data_seed), size=int(d.size), num_classes=int(d.num_classes))
+    return root, {"train": int(d.train_images), "search": int(d.search_images), "val": int(d.val_images)}, kwargs
+
+
+def build_data(cfg: Any, run_dir: Path, is_main: bool = True) -> DetectionData:
+    """The three splits. Synthetic scenes are rendered by the main process (the others wait at a barrier
+    under torchrun, then read the same files)."""
     d = cfg.data
     if d.kind == "synthetic":
-        root = Path(d.root) if d.get("root") else Path(run_dir) / "scenes"
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (to_plain(d.get("scene")) or {}).items()}
-        sets = synthetic_detection(root, {"train": int(d.train_images), "search": int(d.search_images),
-                                          "val": int(d.val_images)}, seed=int(d.data_seed), size=int(d.size),
-                                   num_classes=int(d.num_classes), transforms=to_tensor, **kwargs)
+        root, splits, kwargs = synthetic_splits(cfg, run_dir)
+        if is_main:
+            synthetic_detection(root, splits, **kwargs)
+        barrier()
+        sets = synthetic_detection(root, splits, transforms=to_tensor, **kwargs)
         return DetectionData(sets["train"], sets["search"], sets["val"], int(d.num_classes), "synthetic")
     if d.kind == "coco":
         train_full = coco_split(d.root, d.train_split, transforms=to_tensor, remove_images_without_annotations=True)
@@ -53,7 +78,7 @@ def build_data(cfg: Any, run_dir: Path) -> DetectionData:
         perm = np.random.default_rng(int(d.data_seed)).permutation(n)
         search, train = Subset(train_full, sorted(perm[:k].tolist())), Subset(train_full, sorted(perm[k:].tolist()))
         return DetectionData(train, search, val, train_full.num_classes, "COCO 2017")
-    raise ValueError(f"data.kind must be 'synthetic' or 'coco', got {d.kind!r}.")
+    raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {d.kind!r}.")
 
 
 def hflip_batch(images: list[torch.Tensor], targets: list[dict], prob: float, gen: torch.Generator):

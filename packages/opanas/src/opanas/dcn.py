@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-__all__ = ["DeformConv", "deform_conv2d", "deform_conv2d_grid_sample"]
+__all__ = ["IMPLS", "DeformConv", "deform_conv2d", "deform_conv2d_grid_sample"]
+
+#: deformable-conv implementations (``impl``)
+IMPLS = ("auto", "grid_sample", "torchvision")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -79,7 +82,7 @@ def deform_conv2d_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: tor
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   stride=1, padding=0, dilation=1, mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
     """Deformable conv with torchvision's semantics; ``impl`` = ``auto`` | ``grid_sample`` | ``torchvision``."""
-    if impl not in ("auto", "grid_sample", "torchvision"):
+    if impl not in IMPLS:
         raise ValueError(f"impl must be 'auto', 'grid_sample' or 'torchvision', got {impl!r}.")
     k = weight.shape[2] * weight.shape[3]
     simple = mask is None and offset.shape[1] == 2 * k and weight.shape[1] == x.shape[1]

@@ -16,14 +16,17 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
 from opanas.arch import NUM_EDGES, NUM_NODES, OPS, edge_index, parse_arch
 from opanas.dcn import DeformConv
 
-__all__ = ["BottomUp", "FusingSplitting", "NoneOp", "OPANASNeck", "PAFPN", "ScaleEqualizing", "Skip", "TopDown",
-           "build_neck", "extract_subnet"]
+__all__ = ["FPN", "NECKS", "BottomUp", "FusingSplitting", "NoneOp", "OPANASNeck", "PAFPN", "RetinaNetLevels",
+           "ScaleEqualizing", "Skip", "TopDown", "build_neck", "extract_subnet", "fpn_inner_channels_for",
+           "opanas_param_count"]
+
+#: the necks :func:`build_neck` offers
+NECKS = ("opanas", "fpn", "pafpn")
 
 NUM_LEVELS = 4
 
@@ -205,7 +208,7 @@ class OPANASNeck(nn.Module):
         for e in range(NUM_EDGES):
             names = OPS if self.arch is None else (OPS[self.arch[e]],)
             self.edges.append(nn.ModuleDict({n: make_op(n, out_channels, **kw) for n in names}))
-        self.extra_blocks = LastLevelMaxPool() if extra_blocks == "maxpool" else extra_blocks
+        self.extra_blocks = _extra(extra_blocks, out_channels)
 
     @property
     def is_supernet(self) -> bool:
@@ -285,7 +288,7 @@ class PAFPN(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.extra_blocks = LastLevelMaxPool() if extra_blocks == "maxpool" else extra_blocks
+        self.extra_blocks = _extra(extra_blocks, out_channels)
 
     def forward(self, x: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
         names, feats = list(x.keys()), list(x.values())
@@ -301,19 +304,100 @@ class PAFPN(nn.Module):
         return OrderedDict(zip(names, outs))
 
 
+class FPN(nn.Module):
+    """FPN (Lin et al. 2017) exactly as torchvision's ``FeaturePyramidNetwork`` (1x1 laterals, nearest
+    top-down upsampling, 3x3 output convs, no norm/act, kaiming-uniform(a=1) init), with one addition:
+    ``inner_channels`` sets the width of the laterals and the top-down sums (default: ``out_channels``,
+    the standard FPN). A wider inner pyramid is how this package builds a **parameter-matched FPN**:
+    the same detector heads (they see ``out_channels``) with as many neck parameters as a searched neck
+    (:func:`fpn_inner_channels_for`)."""
+
+    def __init__(self, in_channels_list: Sequence[int], out_channels: int, inner_channels: int | None = None,
+                 extra_blocks: ExtraFPNBlock | None | str = "maxpool"):
+        super().__init__()
+        inner = int(inner_channels or out_channels)
+        self.out_channels, self.inner_channels = out_channels, inner
+        self.inner_blocks = nn.ModuleList([nn.Conv2d(c, inner, 1) for c in in_channels_list])
+        self.layer_blocks = nn.ModuleList([nn.Conv2d(inner, out_channels, 3, padding=1) for _ in in_channels_list])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+        self.extra_blocks = _extra(extra_blocks, out_channels)
+
+    def forward(self, x: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+        names, feats = list(x.keys()), list(x.values())
+        last = self.inner_blocks[-1](feats[-1])
+        outs = [self.layer_blocks[-1](last)]
+        for i in range(len(feats) - 2, -1, -1):
+            lateral = self.inner_blocks[i](feats[i])
+            last = lateral + up_to(last, lateral)
+            outs.insert(0, self.layer_blocks[i](last))
+        if self.extra_blocks is not None:
+            outs, names = self.extra_blocks(outs, feats, names)
+        return OrderedDict(zip(names, outs))
+
+
+def fpn_inner_channels_for(target_params: int, in_channels_list: Sequence[int], out_channels: int) -> int:
+    """The inner width W whose :class:`FPN` has the parameter count closest to ``target_params`` (extra
+    blocks excluded): params(W) = W * (sum(C_i) + L + 9 * L * out) + L * out for L levels."""
+    n = len(in_channels_list)
+    per_w = sum(in_channels_list) + n + 9 * n * out_channels
+    return max(1, int(round((int(target_params) - n * out_channels) / per_w)))
+
+
+class RetinaNetLevels(ExtraFPNBlock):
+    """RetinaNet's pyramid P3-P7 from a P2-P5 neck (ours; the official RetinaNet config was not released):
+    P2 is dropped from the outputs (the OPANAS paths still use it inside the neck), P6 = 3x3/s2 conv of P5
+    and P7 = 3x3/s2 conv of relu(P6), as torchvision's ``LastLevelP6P7`` on P5 (mmdet ``add_extra_convs``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.p6 = nn.Conv2d(channels, channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(channels, channels, 3, 2, 1)
+        for m in (self.p6, self.p7):
+            nn.init.kaiming_uniform_(m.weight, a=1)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
+        p6 = self.p6(p[-1])
+        p7 = self.p7(F.relu(p6))
+        return list(p[1:]) + [p6, p7], list(names[1:]) + ["p6", "p7"]
+
+
+def _extra(extra_blocks, channels: int) -> ExtraFPNBlock | None:
+    """``"maxpool"`` (P6 = max-pool k1 s2 of P5: Faster R-CNN), ``"retinanet"`` (P3-P7), None, or a module."""
+    if extra_blocks == "maxpool":
+        return LastLevelMaxPool()
+    if extra_blocks == "retinanet":
+        return RetinaNetLevels(channels)
+    if extra_blocks is None or isinstance(extra_blocks, nn.Module):
+        return extra_blocks
+    raise ValueError(f"extra_blocks must be 'maxpool', 'retinanet', None or a module, got {extra_blocks!r}")
+
+
+def opanas_param_count(neck: "OPANASNeck", arch) -> int:
+    """Parameters of the sub-net ``arch`` of super-net ``neck`` (laterals, context and the chosen path of
+    every edge; extra blocks included), without building it: every edge holds the same ops."""
+    arch = parse_arch(arch)
+    shared = sum(p.numel() for n, p in neck.named_parameters() if not n.startswith("edges."))
+    per_op = {name: sum(p.numel() for p in op.parameters()) for name, op in neck.edges[0].items()}
+    return shared + sum(per_op[OPS[a]] for a in arch)
+
+
 def build_neck(kind: str, in_channels_list: Sequence[int], out_channels: int, arch=None,
-               extra_blocks: ExtraFPNBlock | None | str = "maxpool", **opanas_kwargs) -> nn.Module:
-    """``kind``: ``opanas`` (``arch=None`` -> super-net, else the fixed sub-net), ``fpn`` (torchvision's
-    ``FeaturePyramidNetwork``) or ``pafpn``."""
-    extra = LastLevelMaxPool() if extra_blocks == "maxpool" else extra_blocks
+               extra_blocks: ExtraFPNBlock | None | str = "maxpool", inner_channels: int | None = None,
+               **opanas_kwargs) -> nn.Module:
+    """``kind``: ``opanas`` (``arch=None`` -> super-net, else the fixed sub-net), ``fpn`` (:class:`FPN`;
+    ``inner_channels`` widens it) or ``pafpn``. ``extra_blocks``: ``maxpool`` | ``retinanet`` | None | a module."""
+    if kind not in NECKS:
+        raise ValueError(f"unknown neck {kind!r}; expected one of {', '.join(NECKS)}.")
+    if kind != "fpn" and inner_channels is not None:
+        raise ValueError(f"inner_channels applies to the fpn neck only, not {kind!r}.")
     if kind == "opanas":
-        return OPANASNeck(in_channels_list, out_channels, arch=arch, extra_blocks=extra, **opanas_kwargs)
+        return OPANASNeck(in_channels_list, out_channels, arch=arch, extra_blocks=extra_blocks, **opanas_kwargs)
     if opanas_kwargs:
         raise ValueError(f"options {sorted(opanas_kwargs)} apply to the opanas neck only, not {kind!r}.")
     if kind == "fpn":
-        fpn = FeaturePyramidNetwork(list(in_channels_list), out_channels, extra_blocks=extra)
-        fpn.out_channels = out_channels
-        return fpn
-    if kind == "pafpn":
-        return PAFPN(in_channels_list, out_channels, extra_blocks=extra)
-    raise ValueError(f"unknown neck {kind!r}; expected one of opanas, fpn, pafpn.")
+        return FPN(in_channels_list, out_channels, inner_channels=inner_channels, extra_blocks=extra_blocks)
+    return PAFPN(in_channels_list, out_channels, extra_blocks=extra_blocks)
