@@ -1,158 +1,149 @@
-"""DPT vs PVT-v1 throughput and memory at 224x224, for each size, as ratios measured in one process.
+"""DPT vs PVT-v1: training-step and inference time, and peak memory, as ratios (``make bench-depatch``).
 
-``make bench-depatch`` (= ``uv run --package depatch python benchmarks/depatch/run.py``). Options:
-``--sizes tiny small medium``, ``--batch 4``, ``--steps 3``, ``--device auto|cpu|cuda``.
+``uv run --package depatch python benchmarks/depatch/run.py [--sizes tiny] [--batch 2] [--rounds 5]``.
 
-For each size the two models are timed interleaved (PVT, DPT, PVT, DPT, ...) after warm-up, and the
-median seconds per step is kept, so load from other processes hits both alike. Memory: peak CUDA
-allocation on a GPU; on the CPU (no allocator statistics) the bytes of activations saved for the
-backward pass, which is what differs between the two models in training. Goal: DPT step time
-within 1.2x of PVT's at each size. Writes ``benchmarks/depatch/results.md`` and ``results.csv``.
+Sections (each timed with ``shared.bench.compare``: warm-up, variants interleaved round by round,
+median and interquartile range over rounds, ratios per round):
+
+* the paper's sizes at 224 px (``--sizes``, default tiny): a training step (forward, backward, AdamW)
+  and an inference forward of DPT vs PVT; peak memory of the training step in a fresh process each;
+* the mini models of ``make reproduce-depatch`` (synthetic parts task, 32 px, batch 64): DPT, PVT and
+  the parameter-matched PVT;
+* the DePatch layer alone against the fixed patch embedding it replaces (stage 2 of DPT-T at 224 px:
+  64 x 56 x 56 -> 128 x 28 x 28), forward + backward.
+
+Goal: a DPT-T training step within 1.2x of PVT-T's (the paper's FLOPs: 2.1 vs 1.9 G, 1.1x).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from depatch import count_parameters, create_model
-from shared.runtime import resolve_device
+from shared.bench import add_bench_args, check_quiet, compare, peak_memory, plot_ratios, timing_table, write_bench
+from shared.cli import entry
+from shared.provenance import Provenance
+from shared.report import Section
 
 HERE = Path(__file__).resolve().parent
 
 
-def saved_activation_bytes(model, x, y) -> int:
-    """Bytes of the tensors autograd keeps for backward in one training forward pass."""
-    total = 0
-    seen = set()
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/depatch/run.py", description=__doc__.splitlines()[0])
+    add_bench_args(p, out="benchmarks/depatch", rounds=5, threads=2, min_run_time=0.5)
+    p.add_argument("--sizes", nargs="+", default=["tiny"], choices=["tiny", "small", "medium"],
+                   help="paper model sizes at 224 px (default: tiny)")
+    p.add_argument("--batch", type=int, default=2, help="batch of the 224 px models (default 2)")
+    p.add_argument("--mini-batch", type=int, default=64, help="batch of the mini models at 32 px (default 64)")
+    return p
 
-    def pack(t):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+def train_step_factory(arch: str, image_size: int, batch: int, num_classes: int = 1000, seed: int = 0):
+    """A training step (forward, cross-entropy, backward, AdamW) of ``arch`` on a fixed random batch."""
+    from depatch import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=num_classes, img_size=image_size).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, image_size, image_size)
+    y = torch.randint(0, num_classes, (batch,))
+
+    def step():
         loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return total
-
-
-def bench_size(size: str, batch: int, steps: int, rounds: int, device: torch.device) -> dict:
-    torch.manual_seed(0)
-    models = {k: create_model(f"{k}_{size}").to(device) for k in ("pvt", "dpt")}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    x = torch.randn(batch, 3, 224, 224, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def train_step(k):
-        m = models[k].train()
-        loss = torch.nn.functional.cross_entropy(m(x), y)
-        opts[k].zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        opts[k].step()
+        opt.step()
 
-    def infer_step(k):
-        m = models[k].eval()
+    return step
+
+
+def inference_factory(arch: str, image_size: int, batch: int, seed: int = 0):
+    from depatch import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, img_size=image_size).eval()
+    x = torch.randn(batch, 3, image_size, image_size)
+
+    def step():
         with torch.no_grad():
-            m(x)
+            model(x)
 
-    out = {"size": size, "batch": batch}
-    for mode, fn in (("train", train_step), ("infer", infer_step)):
-        for k in models:  # warm-up
-            fn(k)
-        times = {k: [] for k in models}
-        for _ in range(rounds):
-            for k in models:
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    fn(k)
-                sync()
-                times[k].append((time.perf_counter() - t0) / steps)
-        for k in models:
-            out[f"{k}_{mode}_s"] = statistics.median(times[k])
-        out[f"{mode}_ratio"] = out[f"dpt_{mode}_s"] / out[f"pvt_{mode}_s"]
-    for k, m in models.items():
-        out[f"{k}_params_m"] = count_parameters(m) / 1e6
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            train_step(k)
-            out[f"{k}_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            out[f"{k}_mem_mb"] = saved_activation_bytes(m.train(), x, y) / 2**20
-    out["mem_ratio"] = out["dpt_mem_mb"] / out["pvt_mem_mb"]
-    return out
+    return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["tiny", "small", "medium"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=str(HERE))
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    t0 = time.perf_counter()
-    rows = []
+def embed_factory(kind: str, batch: int = 2, seed: int = 0):
+    """Forward + backward of stage 2's patch embedding of DPT-T / PVT-T at 224 px."""
+    from depatch import DePatchEmbed, PatchEmbed
+
+    torch.manual_seed(seed)
+    layer = DePatchEmbed(64, 128) if kind == "DePatch" else PatchEmbed(64, 128, 2)
+    if kind == "DePatch":
+        torch.nn.init.normal_(layer.offset_predictor.weight, std=0.1)  # boxes off the grid, as after training
+    x = torch.randn(batch, 64, 56, 56, requires_grad=True)
+
+    def step():
+        out, _ = layer(x)
+        out.sum().backward()
+
+    return step
+
+
+@entry
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prov = Provenance(args, argv, threads=args.threads, workers=1, script="benchmarks/depatch/run.py")
+    check_quiet(args.force)
+    torch.set_num_threads(args.threads)
+    sections, all_timings = [], {}
+    kw = dict(rounds=args.rounds, threads=args.threads, min_run_time=args.min_run_time)
+
     for size in args.sizes:
-        r = bench_size(size, args.batch, args.steps, args.rounds, device)
-        rows.append(r)
-        print(f"{size}: train {r['pvt_train_s']:.3f}s -> {r['dpt_train_s']:.3f}s (x{r['train_ratio']:.2f}), "
-              f"infer {r['pvt_infer_s']:.3f}s -> {r['dpt_infer_s']:.3f}s (x{r['infer_ratio']:.2f}), "
-              f"memory x{r['mem_ratio']:.2f}", flush=True)
-    wall = time.perf_counter() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    hw = (torch.cuda.get_device_name(device) if device.type == "cuda"
-          else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"{torch.get_num_threads()} torch threads, shared with other jobs)")
-    mem_kind = "peak CUDA memory" if device.type == "cuda" else "activations saved for backward"
-    lines = [
-        "# DPT vs PVT-v1 at 224x224: step time and memory ratios",
-        "",
-        f"Hardware: {hw}. Batch {args.batch}, {args.rounds} interleaved rounds of {args.steps} timed steps after "
-        f"one warm-up step each; medians. torch {torch.__version__}. Wall-clock {wall:.0f} s. "
-        f"Command: `make bench-depatch` (`python benchmarks/depatch/run.py "
-        f"--sizes {' '.join(args.sizes)} --batch {args.batch}`).",
-        "",
-        f"| size | params PVT / DPT (M) | train s/step PVT / DPT | train ratio | inference s/step PVT / DPT | "
-        f"inference ratio | {mem_kind} PVT / DPT (MB) | memory ratio | within 1.2x (train) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['size']} | {r['pvt_params_m']:.2f} / {r['dpt_params_m']:.2f} | {r['pvt_train_s']:.3f} / "
-            f"{r['dpt_train_s']:.3f} | {r['train_ratio']:.2f} | {r['pvt_infer_s']:.3f} / {r['dpt_infer_s']:.3f} | "
-            f"{r['infer_ratio']:.2f} | {r['pvt_mem_mb']:.0f} / {r['dpt_mem_mb']:.0f} | {r['mem_ratio']:.2f} | "
-            f"{'yes' if r['train_ratio'] <= 1.2 else 'no'} |")
-    lines += ["", "Ratios are DPT / PVT (lower is better for DPT; 1.0 = no overhead). CPU timings on a shared "
-              "machine are noisy; the GPU case (the paper's) was not measured here."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        pvt, dpt = f"pvt_{size}", f"dpt_{size}"
+        train = compare({f"{pvt} train": train_step_factory(pvt, 224, args.batch),
+                         f"{dpt} train": train_step_factory(dpt, 224, args.batch)}, baseline=f"{pvt} train", **kw)
+        memory = {f"{a} train": peak_memory(train_step_factory, a, 224, args.batch, threads=args.threads)
+                  for a in (pvt, dpt)}
+        infer = compare({f"{pvt} inference": inference_factory(pvt, 224, args.batch),
+                         f"{dpt} inference": inference_factory(dpt, 224, args.batch)}, baseline=f"{pvt} inference", **kw)
+        ratio = train[f"{dpt} train"].ratio_median
+        sections.append(Section(
+            f"{size} at 224 px, batch {args.batch}: training step", f"Goal: DPT within 1.2x of PVT -> "
+            f"{'met' if ratio <= 1.2 else 'not met'} ({ratio:.3f}x).",
+            table=timing_table(train, f"{pvt} train", memory=memory, unit="s")))
+        sections.append(Section(f"{size} at 224 px, batch {args.batch}: inference",
+                                table=timing_table(infer, f"{pvt} inference", unit="s")))
+        all_timings.update(train)
+        all_timings.update(infer)
+
+    mini = compare({name: train_step_factory(name, 32, args.mini_batch, num_classes=8)
+                    for name in ("pvt_mini", "dpt_mini", "pvt_mini_wide")}, baseline="pvt_mini", **kw)
+    memory = {name: peak_memory(train_step_factory, name, 32, args.mini_batch, 8, threads=args.threads)
+              for name in mini}
+    sections.append(Section(f"mini models of the reproduce runs, 32 px, batch {args.mini_batch}: training step",
+                            "The mini DPT pays more than the paper's sizes: its transformer blocks are tiny next to "
+                            "the DePatch projections (37% more parameters than pvt_mini).",
+                            table=timing_table(mini, "pvt_mini", memory=memory, unit="ms")))
+    all_timings.update(mini)
+
+    layer = compare({"fixed 2x2 patch embedding": embed_factory("fixed"), "DePatch": embed_factory("DePatch")},
+                    baseline="fixed 2x2 patch embedding", **kw)
+    sections.append(Section("stage-2 patch embedding of DPT-T at 224 px (64 x 56 x 56 -> 128 x 28 x 28), "
+                            "forward + backward, batch 2", "The layer alone: predictor (conv + LayerNorm + linear), "
+                            "decode, 9 bilinear samples per patch (grid_sample), projection.",
+                            table=timing_table(layer, "fixed 2x2 patch embedding", unit="ms")))
+    all_timings.update(layer)
+
+    # the ratio plot: every variant against its own section's baseline (per-round ratios)
+    plot_ratios(all_timings, baseline=f"pvt_{args.sizes[0]} train", path=Path(args.out) / "ratios.png",
+                title="time / baseline of its section (median over rounds, IQR whiskers)")
+    intro = (f"CPU, {args.threads} torch threads, {args.rounds} interleaved rounds per section (torch.utils.benchmark "
+             "blocked_autorange, median and IQR over rounds; ratios taken per round). Peak memory: each variant "
+             "in a fresh process (peak RSS increase). Ratios < 1 favour the variant.")
+    md = write_bench(args.out, "DPT vs PVT-v1: time and memory", intro, sections, provenance=prov, force=args.force)
+    print(md.read_text())
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_detection_fit_and_coco_evaluation_on_fixture(coco_root, tmp_path):
     overrides = ["task=detection", "data=coco", f"data.root={coco_root}", "data.num_classes=2", "data.min_size=[64]",
                  "data.max_size=64", "data.anchor_sizes=[8,16,32,64,128]", "data.score_thresh=0.0", "data.fpn_channels=32",
                  "optim=detection_1x", "optim.warmup_iters=1", "model=dpt_mini", "batch_size=2", "eval_batch_size=2",
-                 "epochs=1", "max_steps=2", "device=cpu", "log_interval_s=1000", "threads=1"]
+                 "epochs=1", "max_steps=2", "device=cpu", "log_interval_s=1000", "threads=1", "weights=none"]
     with initialize_config_module(config_module="depatch.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     out = fit(cfg, tmp_path / "run")
@@ -68,7 +68,8 @@ def test_detection_fit_and_coco_evaluation_on_fixture(coco_root, tmp_path):
     assert 0.0 <= out["AP"] <= out["AP50"] <= 1.0
     assert np.isfinite(out["train_loss"])
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert ck["model_args"] == {"arch": "dpt_mini", "task": "detection", "num_classes": 3} and ck["epoch"] == 1
+    assert ck["model_args"] == {"arch": "dpt_mini", "task": "detection", "num_classes": 3, "depatch_stages": [2, 3, 4],
+                                "predict_size": True, "num_points": 3} and ck["epoch"] == 1
     # detections come back in original-image pixels
     from depatch.data import coco_splits
     from depatch.detection import predict_coco
@@ -86,14 +87,28 @@ def test_detection_fit_and_coco_evaluation_on_fixture(coco_root, tmp_path):
 
 
 def test_missing_coco_is_a_clear_error(tmp_path):
-    from shared.data.root import DatasetNotFoundError
+    from shared.errors import ConfigError, DatasetNotFoundError
 
     with initialize_config_module(config_module="depatch.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=["task=detection", "data=coco", f"data.root={tmp_path}/nope",
-                                                      "device=cpu"])
+                                                      "device=cpu", "weights=none"])
     with pytest.raises(DatasetNotFoundError, match="COCO not found"):
         fit(cfg, tmp_path / "run")
     with initialize_config_module(config_module="depatch.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["task=detection", "device=cpu"])
-    with pytest.raises(ValueError, match="needs COCO-format data"):
+        cfg = compose(config_name="train", overrides=["task=detection", "device=cpu", "weights=none"])
+    with pytest.raises(ConfigError, match="data.kind='synthetic' is not a known name.*use one of: coco"):
         fit(cfg, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()  # refused before the run started
+
+
+def test_detector_backbone_loads_an_imagenet_classifier_checkpoint(tmp_path):
+    """The COCO recipes start from an ImageNet classifier: its head, cls token and final norm are skipped,
+    every backbone parameter is loaded."""
+    torch.manual_seed(0)
+    cls = create_model("dpt_mini", num_classes=1000)
+    torch.save({"model": cls.state_dict()}, tmp_path / "dpt_mini_in1k.pth")
+    det = build_retinanet("dpt_mini", num_classes=3, min_size=64, max_size=64, fpn_channels=32,
+                          pretrained=str(tmp_path / "dpt_mini_in1k.pth"))
+    body = det.backbone.body.state_dict()
+    assert set(body) == set(cls.state_dict()) - {"head.weight", "head.bias", "cls_token", "norm.weight", "norm.bias"}
+    assert all(torch.equal(v, cls.state_dict()[k]) for k, v in body.items())

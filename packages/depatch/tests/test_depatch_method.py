@@ -173,3 +173,33 @@ def test_depatch_runs_in_float32_under_autocast_and_rejects_bad_input():
         m(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="points"):
         bilinear_sample(x, torch.rand(1, 5, 3))
+
+
+def test_offsets_only_keeps_the_initial_box_size_and_moves_the_centre():
+    """The paper's 'offsets only' ablation: the predictor gives a shift; every box keeps the initial
+    half-size tanh(b0) stride, a constant (not a learned parameter)."""
+    torch.manual_seed(5)
+    full, off = DePatchEmbed(3, 8), DePatchEmbed(3, 8, predict_size=False)
+    assert off.offset_predictor.weight.shape == (2, 8) and not off.wh_bias.requires_grad
+    assert "box_coder.wh_bias" in dict(off.named_buffers()) and off.initial_size_bias == DEFAULT_SIZE_BIAS
+    shared = {k: v for k, v in full.state_dict().items() if not k.startswith(("offset_predictor", "box_coder"))}
+    off.load_state_dict({**off.state_dict(), **shared})
+    x = torch.randn(2, 3, 8, 10)
+    torch.testing.assert_close(off(x)[0], full(x)[0])  # identical at init
+    torch.nn.init.normal_(off.offset_predictor.weight, std=3.0)
+    with torch.no_grad():
+        _, (h, w), boxes = off(x, return_boxes=True)
+        codes = off.offset_predictor(off.act(off.patch_embed(x)[0]))
+    anchors, stride = patch_anchors((h, w), (8, 10), 2)
+    centre = anchors + torch.tanh(codes) * stride
+    half = 0.25 * stride
+    expect = torch.cat([centre - half, centre + half], -1).clamp(0, 1)
+    torch.testing.assert_close(boxes, expect)
+    assert ((centre - anchors).abs() / stride).max() > 0.5  # the centres really moved
+    with pytest.raises(ValueError, match="at least 2"):
+        DePatchEmbed(3, 8, num_points=1)
+    with torch.no_grad():  # only the shift is predicted: no gradient path can resize a box
+        off.offset_predictor.weight.zero_()
+    out, _ = off(x)
+    out.sum().backward()
+    assert off.offset_predictor.weight.grad.abs().sum() > 0

@@ -8,7 +8,8 @@ import torch
 
 torch.set_num_threads(1)  # the suite shares 2 cores; tiny tensors gain nothing from threads
 
-from depatch import DePatchEmbed, PatchEmbed, convert_official_state_dict, count_parameters, create_model, list_models
+from depatch import (DePatchEmbed, PatchEmbed, convert_official_state_dict, count_parameters, create_model, list_models,
+                     load_pretrained)
 
 # official numbers: DPT README (15.2/26.4/46.1 M) and PVT-v1 (13.2/24.5/44.2/61.4 M); the exact
 # counts below follow from the official code
@@ -42,7 +43,7 @@ def test_depatch_overhead_is_the_official_constant():
 def test_registry():
     names = list_models()
     assert {"dpt_tiny", "dpt_small", "dpt_medium", "pvt_tiny", "pvt_small", "pvt_medium", "pvt_large",
-            "dpt_mini", "pvt_mini"} <= set(names)
+            "dpt_mini", "pvt_mini", "pvt_mini_wide"} <= set(names)
     assert list_models("dpt_*") == [n for n in names if n.startswith("dpt_")]
     m = _meta("dpt_small")
     assert [type(getattr(m, f"patch_embed{i}")) for i in range(1, 5)] == [PatchEmbed] + [DePatchEmbed] * 3
@@ -144,4 +145,104 @@ def test_official_checkpoint_conversion_drops_constant_buffers(tmp_path):
     loaded = create_model("dpt_mini", num_classes=3, pretrained=str(path))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), m.state_dict().values()))
     backbone = create_model("dpt_mini", features_only=True, pretrained=str(path))  # head/cls/norm skipped
-    assert torch.equal(backbone.pos_embed3, m.pos_embed3)
+    assert torch.equal(backbone.pos_embed3, m.pos_embed3) and torch.equal(backbone.block4[0].mlp.fc2.weight,
+                                                                           m.block4[0].mlp.fc2.weight)
+
+
+def test_pretrained_head_of_another_class_count_is_dropped_with_a_warning(tmp_path):
+    src = create_model("dpt_mini", num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "in1k.pth")
+    torch.manual_seed(3)
+    fresh_head = create_model("dpt_mini", num_classes=7).head.weight.clone()
+    torch.manual_seed(3)
+    with pytest.warns(UserWarning, match="dropped the checkpoint's classification head \\(1000 classes\\)"):
+        m = create_model("dpt_mini", num_classes=7, pretrained=str(tmp_path / "in1k.pth"))
+    assert torch.equal(m.head.weight, fresh_head)  # the new head keeps its own initialisation
+    own = m.state_dict()
+    for k, v in src.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(own[k], v), k
+    report = load_pretrained(create_model("dpt_mini", num_classes=1000), str(tmp_path / "in1k.pth"))
+    assert report == {"dropped": [], "resized": [], "skipped": []}  # same class count: nothing dropped
+
+
+def test_pretrained_position_embeddings_are_resized_to_a_new_image_size(tmp_path):
+    src = create_model("pvt_mini", num_classes=4, img_size=64)  # grids 16/8/4/2
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    m = create_model("pvt_mini", num_classes=4, img_size=128)  # grids 32/16/8/4
+    report = load_pretrained(m, str(tmp_path / "w.pth"))
+    assert report["resized"] == ["pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4"]
+    assert m.pos_embed1.shape == (1, 32 * 32, 32) and m.pos_embed4.shape == (1, 1 + 4 * 4, 128)
+    assert torch.equal(m.pos_embed4[:, :1], src.pos_embed4[:, :1])  # the cls slot is kept as it is
+    expect = torch.nn.functional.interpolate(src.pos_embed2.reshape(1, 8, 8, 64).permute(0, 3, 1, 2), size=(16, 16),
+                                             mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(m.pos_embed2, expect)
+    # a constant grid stays constant (bilinear resizing is a partition of unity)
+    with torch.no_grad():
+        src.pos_embed3.fill_(0.25)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    load_pretrained(m, str(tmp_path / "w.pth"))
+    torch.testing.assert_close(m.pos_embed3, torch.full((1, 64, 96), 0.25))
+
+
+def test_pretrained_with_missing_or_foreign_keys_is_a_one_line_error(tmp_path):
+    from shared.errors import CheckpointError
+
+    dpt = create_model("dpt_mini", num_classes=4)
+    state = dpt.state_dict()
+    del state["block2.0.attn.q.weight"]
+    torch.save(state, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match=r"1 parameter\(s\) of this model are missing \(block2.0.attn.q.weight\)"):
+        create_model("dpt_mini", num_classes=4, pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="missing"):  # also for a detection backbone
+        create_model("dpt_mini", features_only=True, pretrained=str(tmp_path / "missing.pth"))
+    torch.save(dpt.state_dict(), tmp_path / "dpt.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\) \(patch_embed2\."):
+        create_model("pvt_mini", num_classes=4, pretrained=str(tmp_path / "dpt.pth"))
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        create_model("pvt_mini_wide", num_classes=4, pretrained=str(tmp_path / "dpt.pth"), depatch_stages=[2, 3, 4])
+
+
+def test_depatch_stage_and_offsets_only_ablations():
+    base, full = _count("pvt_mini"), _count("dpt_mini")
+    overhead = {s: sum(p.numel() for p in dep.parameters()) for s, dep in _meta("dpt_mini").depatch_modules().items()}
+    stage4 = _meta("dpt_mini", depatch_stages=[4])
+    assert [type(getattr(stage4, f"patch_embed{i}")).__name__ for i in range(1, 5)] == [
+        "PatchEmbed", "PatchEmbed", "PatchEmbed", "DePatchEmbed"]
+    fixed4 = sum(p.numel() for p in _meta("pvt_mini").patch_embed4.parameters())
+    assert count_parameters(stage4) == base - fixed4 + overhead[4]
+    assert sum(overhead.values()) - sum(p.numel() for i in (2, 3, 4) for p in getattr(_meta("pvt_mini"), f"patch_embed{i}").parameters()) == full - base
+    assert _meta("pvt_mini", depatch_stages=[2, 3, 4]).depatch == [False, True, True, True]
+    offsets = _meta("dpt_mini", predict_size=False)
+    # offsets only: a Linear(D, 2) predictor and no learned size bias in each of the three stages
+    assert count_parameters(offsets) == full - sum(2 * d + 2 for d in (64, 96, 128))
+    assert all(dep.offset_predictor.out_features == 2 and "box_coder.wh_bias" not in dict(dep.named_parameters())
+               for dep in offsets.depatch_modules().values())
+    with pytest.raises(ValueError, match="stage 1 is not one of 2..4"):
+        create_model("dpt_mini", depatch_stages=[1, 2])
+
+
+def test_parameter_matched_pvt_has_the_parameters_of_dpt_mini():
+    for size, classes in ((32, 8), (64, 10)):  # the mechanism check and the paper-setting check
+        dpt, wide = (count_parameters(create_model(n, num_classes=classes, img_size=size)) for n in ("dpt_mini", "pvt_mini_wide"))
+        assert abs(wide - dpt) / dpt < 0.005, (size, classes, dpt, wide)
+    assert count_parameters(create_model("pvt_mini", num_classes=10)) / count_parameters(
+        create_model("dpt_mini", num_classes=10)) < 0.75
+
+
+def test_set_drop_path_follows_the_linear_rule_and_switches_stochastic_depth():
+    m = create_model("pvt_mini", num_classes=3, drop_path_rate=0.3)
+    probs = [blk.drop_path.p for i in range(1, 5) for blk in getattr(m, f"block{i}")]
+    assert probs == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    x = torch.randn(4, 3, 64, 64)
+    m.set_drop_path(0.0)
+    m.train()
+    torch.manual_seed(0)
+    a = m(x)
+    m.eval()
+    torch.testing.assert_close(a, m(x))  # no drop path: train mode equals eval (no dropout either)
+    m.set_drop_path(0.9)
+    assert [blk.drop_path.p for i in range(1, 5) for blk in getattr(m, f"block{i}")] == pytest.approx([0, 0.3, 0.6, 0.9])
+    m.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(m(x), a)

@@ -10,12 +10,13 @@ def test_reproduce_quick_writes_table_and_figure(tmp_path, monkeypatch):
     from depatch.reproduce import main
 
     monkeypatch.setenv("REPRO_RUNS", str(tmp_path / "runs"))
-    main(["--quick", "--seeds", "1", "--out", str(tmp_path / "out"), "--workers", "1"])
+    main(["--quick", "--seeds", "1", "--paper-seeds", "1", "--out", str(tmp_path / "out"), "--workers", "1"])
     out = tmp_path / "out"
-    for f in ("results.csv", "results.md", "runs.json", "patch_rectangles.png"):
+    for f in ("results.csv", "results.md", "results.json", "provenance.json", "runs.json", "patch_rectangles.png",
+              "box_statistics.png"):
         assert (out / f).is_file(), f
     rows = list(csv.DictReader(open(out / "results.csv")))
     by_metric = {(r["setting"], r["metric"]): r for r in rows}
-    full = by_metric[("paper models at 224 px: DPT-T vs PVT-T", "parameters (M)")]
+    full = by_metric[("DPT-T vs PVT-T at 224 px", "parameters (M)")]
     assert full["ours"].startswith("15.15") and full["baseline"] == "13.23" and full["holds"] == "yes"
     assert "synthetic" in (out / "results.md").read_text()

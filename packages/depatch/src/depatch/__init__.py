@@ -4,6 +4,7 @@ Public API::
 
     from depatch import create_model, list_models, DePatchEmbed
     model = create_model("dpt_tiny", num_classes=1000)             # DPT-T, 15.15 M parameters
+    ablation = create_model("dpt_tiny", depatch_stages=[4], predict_size=False)  # the paper's ablations
     backbone = create_model("dpt_small", features_only=True)        # NCHW maps at strides 4/8/16/32
     logits, boxes = model(images, return_boxes=True)                # DePatch rectangles per stage
     detector = build_retinanet("dpt_tiny", num_classes=81)          # torchvision RetinaNet + FPN
@@ -23,9 +24,12 @@ from depatch.pvt import (
     convert_official_state_dict,
     count_parameters,
     create_model,
+    depatch_flags,
     list_models,
+    load_pretrained,
     model_config,
     register_model,
+    resize_pos_embed,
 )
 
 
@@ -48,8 +52,11 @@ __all__ = [
     "count_parameters",
     "create_model",
     "decode_boxes",
+    "depatch_flags",
     "list_models",
+    "load_pretrained",
     "model_config",
     "patch_anchors",
     "register_model",
+    "resize_pos_embed",
 ]

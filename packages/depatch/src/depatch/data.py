@@ -9,13 +9,16 @@ always called "synthetic".
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from shared.data import SyntheticImageDataset, image_folder
+from shared.errors import DatasetFormatError
 from shared.data.coco import coco_split
 
 # ImageNet statistics (PVT/DeiT normalise with them)
@@ -51,6 +54,130 @@ def synthetic_splits(d: Any, seed: int = 0) -> tuple[Dataset, Dataset]:
     test = SyntheticImageDataset(int(d.n_test), int(d.num_classes), int(d.image_size), d.domain,
                                  seed=int(d.data_seed) * 2 + 2, **kw)
     return Normalized(train), Normalized(test)
+
+
+# ---------------------------------------------------------------------------------- parts (mechanism check)
+
+
+#: hand-picked 3x3 glyphs with 5 cells each: the class is the arrangement, never the amount of ink
+SYMBOLS = {
+    "plus": "010111010", "cross": "101010101", "T": "111010010", "L": "100100111",
+    "T_down": "010010111", "J": "001001111", "Z": "110010011", "S": "011010110",
+}
+
+
+def part_patterns(num_classes: int, cells: int = 3, on: int = 5, seed: int = 0, glyph_set: str = "random") -> torch.Tensor:
+    """``num_classes`` distinct binary ``cells x cells`` glyphs with exactly ``on`` cells set, none a
+    translate of another (so a glyph's look alone tells its class). ``glyph_set="symbols"``: the
+    first ``num_classes`` of :data:`SYMBOLS` (plus, cross, T, L, ...); ``"random"``: drawn with a
+    fixed seed from all such glyphs."""
+    import itertools
+
+    import numpy as np
+
+    if glyph_set == "symbols":
+        if num_classes > len(SYMBOLS):
+            raise ValueError(f"glyph_set='symbols' has {len(SYMBOLS)} glyphs; use fewer classes or glyph_set='random'")
+        return torch.tensor([[float(c) for c in g] for g in list(SYMBOLS.values())[:num_classes]]).reshape(-1, 3, 3)
+
+    found: dict[bytes, np.ndarray] = {}
+    combos = list(itertools.combinations(range(cells * cells), on))
+    np.random.default_rng(seed).shuffle(combos)
+    for c in combos:
+        g = np.zeros(cells * cells, np.uint8)
+        g[list(c)] = 1
+        g = g.reshape(cells, cells)
+        ys, xs = np.nonzero(g)
+        key = g[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        key = bytes(key.shape) + key.tobytes()  # the glyph up to translation
+        if key not in found:
+            found[key] = g
+        if len(found) == num_classes:
+            return torch.tensor(np.stack(list(found.values())), dtype=torch.float32)
+    raise ValueError(f"only {len(found)} distinct {cells}x{cells} glyphs with {on} cells exist; use fewer classes")
+
+
+def _glyph_masks(glyphs: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, scale: torch.Tensor, size: int) -> torch.Tensor:
+    """Binary masks (n, size, size) of ``glyphs`` (n, c, c) drawn with ``scale`` pixels per cell at
+    top-left ``(x0, y0)``."""
+    n, c = glyphs.shape[0], glyphs.shape[-1]
+    ii = torch.arange(size).view(1, size, 1) - y0.view(n, 1, 1)
+    jj = torch.arange(size).view(1, 1, size) - x0.view(n, 1, 1)
+    s = scale.view(n, 1, 1)
+    inside = (ii >= 0) & (jj >= 0) & (ii < c * s) & (jj < c * s)
+    cell = (ii.clamp(0) // s).clamp(max=c - 1) * c + (jj.clamp(0) // s).clamp(max=c - 1)
+    return glyphs.reshape(n, c * c).gather(1, cell.reshape(n, -1)).reshape(n, size, size) * inside
+
+
+def generate_parts(n: int, num_classes: int, image_size: int, seed: int, scales=(2, 3), noise: float = 0.1,
+                   distractors: int = 2, on: int = 5, glyph_set: str = "random",
+                   distractor_sizes=(2, 4)) -> dict[str, torch.Tensor]:
+    """The synthetic "parts" task of the mechanism check (always called synthetic).
+
+    Each image is a plain background with pixel noise, ``distractors`` solid squares (side drawn from
+    ``distractor_sizes``, any colour, anywhere: they say nothing about the class) and one small glyph: a 3x3 cell pattern drawn
+    at ``scale`` pixels per cell (``scales``: 2 -> 6 px, 3 -> 9 px), at a uniformly random position, so
+    it lands at any offset from the patch grid. The class is the glyph's pattern; all patterns have
+    ``on`` cells, so the amount of foreground says nothing either. Returns ``images`` (n, 3, S, S)
+    uint8, ``labels`` (n,), the glyph ``masks`` (n, S, S) bool (for box statistics), the glyph
+    ``boxes`` (n, 4) xyxy pixels and the visible ``distractor_masks`` (n, S, S) bool.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    glyphs = part_patterns(num_classes, on=on, glyph_set=glyph_set)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=g)]
+    scale = torch.tensor(list(scales))[torch.randint(len(scales), (n,), generator=g)]
+    side = 3 * scale
+    x0 = (torch.rand(n, generator=g) * (image_size - side + 1)).floor().long()
+    y0 = (torch.rand(n, generator=g) * (image_size - side + 1)).floor().long()
+    mask = _glyph_masks(glyphs[labels], x0, y0, scale, image_size) > 0
+    bg = torch.rand(n, 3, 1, 1, generator=g)
+    fg = torch.rand(n, 3, 1, 1, generator=g)
+    weak = (fg - bg).abs().sum(1, keepdim=True) < 0.6
+    fg = torch.where(weak, 1.0 - bg, fg)  # keep the glyph visible
+    img = bg.expand(n, 3, image_size, image_size).clone()
+    clutter = torch.zeros(n, image_size, image_size, dtype=torch.bool)
+    for _ in range(distractors):
+        ds = torch.randint(int(distractor_sizes[0]), int(distractor_sizes[1]) + 1, (n,), generator=g)
+        dx = (torch.rand(n, generator=g) * (image_size - ds + 1)).floor().long()
+        dy = (torch.rand(n, generator=g) * (image_size - ds + 1)).floor().long()
+        dmask = _glyph_masks(torch.ones(n, 1, 1), dx, dy, ds, image_size) > 0
+        dcol = torch.rand(n, 3, 1, 1, generator=g)
+        img = torch.where(dmask.unsqueeze(1), dcol, img)
+        clutter |= dmask
+    img = torch.where(mask.unsqueeze(1), fg, img)
+    img = img + noise * torch.randn(img.shape, generator=g)
+    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    boxes = torch.stack([x0, y0, x0 + side, y0 + side], 1)
+    return {"images": images, "labels": labels, "masks": mask, "boxes": boxes, "distractor_masks": clutter & ~mask}
+
+
+class PartsDataset(Dataset):
+    """:func:`generate_parts` as a dataset of normalised float images (``masks``/``boxes`` kept for the
+    box statistics of the mechanism check)."""
+
+    def __init__(self, n: int, num_classes: int, image_size: int, seed: int, **kw: Any):
+        data = generate_parts(n, num_classes, image_size, seed, **kw)
+        self.images, self.labels, self.masks, self.boxes = data["images"], data["labels"], data["masks"], data["boxes"]
+        self.distractor_masks = data["distractor_masks"]
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return (self.images[i].float() / 255 - self.mean) / self.std, int(self.labels[i])
+
+
+def parts_splits(d: Any) -> tuple[Dataset, Dataset]:
+    """Train and test sets of the parts task (``d``: the ``data`` config); the test set uses another
+    generator seed, so no image is shared."""
+    kw = dict(scales=tuple(d.scales), noise=float(d.noise), distractors=int(d.distractors), on=int(d.on_cells),
+              glyph_set=str(d.glyph_set), distractor_sizes=tuple(d.distractor_sizes))
+    train = PartsDataset(int(d.n_train), int(d.num_classes), int(d.image_size), int(d.data_seed) * 2 + 1, **kw)
+    test = PartsDataset(int(d.n_test), int(d.num_classes), int(d.image_size), int(d.data_seed) * 2 + 2, **kw)
+    return train, test
 
 
 # ---------------------------------------------------------------------------------- ImageNet
@@ -89,9 +216,46 @@ def imagenet_splits(d: Any) -> tuple[Dataset, Dataset]:
     train = image_folder(root / "train", transform=train_tf)
     val = image_folder(root / "val", transform=eval_tf)
     if len(train.classes) != int(d.num_classes) or train.classes != val.classes:
-        raise ValueError(f"{root}: train has {len(train.classes)} classes and val {len(val.classes)} "
-                         f"(must be equal and match data.num_classes={d.num_classes}).")
+        raise DatasetFormatError(f"{root}: train has {len(train.classes)} classes and val {len(val.classes)}, which must "
+                                 f"be the same folders and match data.num_classes={d.num_classes}; fix the folders or "
+                                 f"set data.num_classes={len(train.classes)}")
     return train, val
+
+
+class RepeatedAugSampler(Sampler):
+    """The repeated-augmentation sampler of the official trainer (DeiT's ``RASampler``), re-written.
+
+    Each epoch: shuffle the indices with a generator seeded by ``seed + epoch``, repeat every index
+    ``repeats`` times in a row (``[a, a, a, b, b, b, ...]``), pad to a multiple of the world size,
+    deal them out round-robin (so the copies of one image go to different ranks, each augmented
+    differently), and keep only the first ``floor(N // round_to * round_to / world)`` indices per
+    rank: an epoch has as many samples as without repetition, of a third as many distinct images.
+    ``skip`` drops the first indices (mid-epoch resume).
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, repeats: int = 3, seed: int = 0,
+                 epoch: int = 0, shuffle: bool = True, round_to: int = 256, skip: int = 0):
+        self.n, self.num_replicas, self.rank, self.repeats = int(num_samples), int(num_replicas), int(rank), int(repeats)
+        self.seed, self.epoch, self.shuffle, self.skip = int(seed), int(epoch), bool(shuffle), int(skip)
+        self.per_rank = math.ceil(self.n * self.repeats / self.num_replicas)
+        self.total = self.per_rank * self.num_replicas
+        self.selected = int(math.floor(self.n // round_to * round_to / self.num_replicas))
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        rep = order.repeat_interleave(self.repeats)
+        rep = torch.cat([rep, rep[: self.total - len(rep)]])
+        return rep[self.rank:self.total:self.num_replicas][: self.selected].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.selected - self.skip)
 
 
 class MixupCutmix:

@@ -131,20 +131,32 @@ class DePatchEmbed(nn.Module):
         in_chans: channels ``C`` of the input feature map.
         embed_dim: output embedding ``D``.
         patch_size: stride/size ``p`` of the fixed patch this replaces (2 in PVT stages 2-4).
-        num_points: ``k`` sample points per axis (official 3, i.e. 9 per patch).
+        num_points: ``k`` sample points per axis (official 3, i.e. 9 per patch); at least 2.
         size_bias: initial value of the learned size bias ``wh_bias`` (official ``atanh(0.25)``).
+        predict_size: ``True`` (the paper): the predictor gives a shift and a size per patch.
+            ``False`` (the paper's "offsets only" ablation): it gives the shift only
+            (``Linear(D, 2)``) and every box keeps the initial half-size ``tanh(size_bias)``
+            stride (``wh_bias`` becomes a constant buffer).
     """
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 2, num_points: int = 3,
-                 size_bias: float = DEFAULT_SIZE_BIAS):
+                 size_bias: float = DEFAULT_SIZE_BIAS, predict_size: bool = True):
         super().__init__()
+        if num_points < 2:
+            raise ValueError(f"num_points={num_points}: DePatch samples k x k points from box edge to box edge, "
+                             "so k must be at least 2 (the paper uses 3).")
         self.in_chans, self.embed_dim = in_chans, embed_dim
-        self.patch_size, self.num_points = patch_size, num_points
+        self.patch_size, self.num_points, self.predict_size = patch_size, num_points, bool(predict_size)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)  # predictor features
         self.act = nn.GELU()
-        self.offset_predictor = nn.Linear(embed_dim, 4, bias=False)
+        self.offset_predictor = nn.Linear(embed_dim, 4 if self.predict_size else 2, bias=False)
         self.box_coder = nn.Module()
-        self.box_coder.wh_bias = nn.Parameter(torch.full((2,), float(size_bias)))
+        self.initial_size_bias = float(size_bias)  # the box half-size at init is tanh(this) stride
+        bias = torch.full((2,), float(size_bias))
+        if self.predict_size:
+            self.box_coder.wh_bias = nn.Parameter(bias)
+        else:
+            self.box_coder.register_buffer("wh_bias", bias)
         self.output_proj = nn.Linear(in_chans * num_points * num_points, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
         self.reset_offset()
@@ -169,7 +181,9 @@ class DePatchEmbed(nn.Module):
                 x = x.float()
             B, C, H, W = x.shape
             feat, (h, w) = self.patch_embed(x)
-            codes = self.offset_predictor(self.act(feat))  # (B, N, 4)
+            codes = self.offset_predictor(self.act(feat))  # (B, N, 4) = shift x, y, size w, h
+            if not self.predict_size:  # offsets only: size codes 0, i.e. half-size tanh(wh_bias) stride
+                codes = torch.cat([codes, torch.zeros_like(codes)], dim=-1)
             anchors, stride = patch_anchors((h, w), (H, W), self.patch_size, device=x.device, dtype=x.dtype)
             boxes = decode_boxes(codes, self.wh_bias, anchors, stride)
             points = box_points(boxes, self.num_points)  # (B, N, k*k, 2)

@@ -44,13 +44,17 @@ class BackboneWithFPN(nn.Module):
 def build_retinanet(arch: str = "dpt_tiny", num_classes: int = 81, min_size: int | Sequence[int] = 800,
                     max_size: int = 1333, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
                     drop_path_rate: float = 0.1, pretrained: str | None = None, fpn_channels: int = 256,
-                    **retina_kwargs: Any) -> RetinaNet:
+                    depatch_stages: Sequence[int] | None = None, predict_size: bool = True, num_points: int = 3,
+                    first_patch_size: int = 4, **retina_kwargs: Any) -> RetinaNet:
     """RetinaNet + FPN (P3-P7) on ``arch``. ``num_classes`` counts the background slot 0, so COCO's
     80 classes with contiguous labels 1..80 need 81. ``min_size`` may be a tuple (multi-scale training:
-    torchvision picks one per batch). ``anchor_sizes``: the base anchor of each of the 5 levels (3
-    scales x 3 ratios per location, as mmdetection's RetinaNet)."""
+    torchvision draws one per image, as mmdetection's ``multiscale_mode='value'`` of the official 3x
+    configs). ``anchor_sizes``: the base anchor of each of the 5 levels (3 scales x 3 ratios per
+    location, as mmdetection's RetinaNet). ``pretrained``: a local ImageNet checkpoint of ``arch``
+    (its classifier keys are skipped, anything else must fit)."""
     body = create_model(arch, features_only=True, out_indices=(1, 2, 3), drop_path_rate=drop_path_rate,
-                        pretrained=pretrained, num_classes=0)
+                        pretrained=pretrained, num_classes=0, depatch_stages=depatch_stages,
+                        predict_size=predict_size, num_points=num_points, first_patch_size=first_patch_size)
     backbone = BackboneWithFPN(body, fpn_channels)
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one base size per FPN level P3-P7 (5), got {list(anchor_sizes)}.")

@@ -28,7 +28,7 @@ from torchvision.ops import StochasticDepth
 from depatch.depatch import DEFAULT_SIZE_BIAS, DePatchEmbed, PatchEmbed
 
 __all__ = ["PyramidVisionTransformer", "create_model", "list_models", "register_model", "model_config",
-           "convert_official_state_dict", "count_parameters"]
+           "convert_official_state_dict", "count_parameters", "depatch_flags", "load_pretrained", "resize_pos_embed"]
 
 
 class Mlp(nn.Module):
@@ -85,7 +85,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio)
-        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path, "row")  # p may change during training (set_drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
@@ -103,6 +103,7 @@ class PyramidVisionTransformer(nn.Module):
             always the fixed 4x4 patch in the paper).
         img_size: the size the position embeddings are laid out for (other sizes interpolate).
         num_points: DePatch sample points per axis (3 in the paper).
+        predict_size: DePatch predicts shift and size (the paper); ``False``: shift only (ablation).
         features_only: return the stage maps in ``out_indices`` instead of logits.
     """
 
@@ -112,7 +113,7 @@ class PyramidVisionTransformer(nn.Module):
                  img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  num_points: int = 3, size_bias: float = DEFAULT_SIZE_BIAS, first_patch_size: int = 4,
-                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3)):
+                 predict_size: bool = True, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
         n = len(embed_dims)
         if not all(len(s) == n for s in (depths, num_heads, mlp_ratios, sr_ratios, depatch)):
@@ -121,7 +122,8 @@ class PyramidVisionTransformer(nn.Module):
             raise ValueError("the last stage carries the cls token, so its sr_ratio must be 1 (as in PVT-v1).")
         if depatch[0]:
             raise ValueError("DePatch replaces the 2x2 patch embedding of stages 2+; stage 1 stays a fixed patch.")
-        self.num_stages, self.embed_dims, self.depatch = n, list(embed_dims), list(depatch)
+        self.num_stages, self.embed_dims, self.depatch = n, list(embed_dims), [bool(d) for d in depatch]
+        self.depths, self.drop_path_rate = list(depths), float(drop_path_rate)
         self.num_classes, self.features_only = num_classes, features_only
         self.out_indices = tuple(out_indices)
         if any(not 0 <= i < n for i in self.out_indices):
@@ -130,8 +132,7 @@ class PyramidVisionTransformer(nn.Module):
         self.feature_info = [{"num_chs": embed_dims[i], "reduction": self.strides[i], "module": f"block{i + 1}"}
                              for i in self.out_indices]
 
-        total = sum(depths)
-        dpr = [drop_path_rate * j / (total - 1) if total > 1 else 0.0 for j in range(total)]  # linear decay rule
+        dpr = self._drop_path_rates(drop_path_rate)
         grid = img_size
         self.pos_grids: list[int] = []
         cur = 0
@@ -141,7 +142,7 @@ class PyramidVisionTransformer(nn.Module):
             grid = grid // patch
             self.pos_grids.append(grid)
             if depatch[i]:
-                embed = DePatchEmbed(in_ch, embed_dims[i], patch, num_points, size_bias)
+                embed = DePatchEmbed(in_ch, embed_dims[i], patch, num_points, size_bias, predict_size)
             else:
                 embed = PatchEmbed(in_ch, embed_dims[i], patch)
             setattr(self, f"patch_embed{i + 1}", embed)
@@ -177,6 +178,18 @@ class PyramidVisionTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, DePatchEmbed):
                 m.reset_offset()
+
+    def _drop_path_rates(self, rate: float) -> list[float]:
+        """Stochastic-depth probability of every block: linear from 0 to ``rate`` over all blocks."""
+        total = sum(self.depths)
+        return [rate * j / (total - 1) if total > 1 else 0.0 for j in range(total)]
+
+    def set_drop_path(self, rate: float) -> None:
+        """Reset every block's stochastic-depth probability (the official ImageNet trainer trains DPT
+        without drop path for its first 100 epochs, then switches it on)."""
+        blocks = [blk for i in range(self.num_stages) for blk in getattr(self, f"block{i + 1}")]
+        for blk, p in zip(blocks, self._drop_path_rates(rate)):
+            blk.drop_path.p = p
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms (official: cls_token)."""
@@ -259,10 +272,13 @@ for _size, _d in _DEPTHS.items():
     register_model(f"dpt_{_size}", **_PVT, depths=_d, depatch=(False, True, True, True))
 # mini models for the CPU embedded default and the reproduce runs (not in the paper): same
 # design, widths 32-128, one block per stage, 64 px inputs (grids 16/8/4/2)
-_MINI = dict(embed_dims=(32, 64, 96, 128), num_heads=(1, 2, 3, 4), mlp_ratios=(4, 4, 4, 4), sr_ratios=(4, 2, 1, 1),
-             depths=(1, 1, 1, 1), img_size=64)
-register_model("pvt_mini", **_MINI, depatch=(False, False, False, False))
-register_model("dpt_mini", **_MINI, depatch=(False, True, True, True))
+_MINI = dict(num_heads=(1, 2, 3, 4), mlp_ratios=(4, 4, 4, 4), sr_ratios=(4, 2, 1, 1), depths=(1, 1, 1, 1), img_size=64)
+register_model("pvt_mini", **_MINI, embed_dims=(32, 64, 96, 128), depatch=(False, False, False, False))
+register_model("dpt_mini", **_MINI, embed_dims=(32, 64, 96, 128), depatch=(False, True, True, True))
+# the parameter-matched baseline of dpt_mini: the same PVT with every stage widened (16-19%, head widths
+# 38/38/38/37) until it has as many parameters as dpt_mini, whose DePatch layers add 37% to pvt_mini:
+# 679,562 vs 681,742 at 32 px and 8 classes (-0.3%), 692,616 vs 692,752 at 64 px and 10 classes (-0.02%)
+register_model("pvt_mini_wide", **_MINI, embed_dims=(38, 76, 114, 148), depatch=(False, False, False, False))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -278,16 +294,32 @@ def model_config(name: str) -> dict[str, Any]:
     return dict(_MODELS[name])
 
 
-def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> PyramidVisionTransformer:
+def depatch_flags(stages: Sequence[int] | None, num_stages: int = 4) -> tuple[bool, ...] | None:
+    """``[2, 3, 4]`` (1-based stages that use DePatch) -> ``(False, True, True, True)``; None -> None."""
+    if stages is None:
+        return None
+    bad = [s for s in stages if not 2 <= int(s) <= num_stages]
+    if bad:
+        raise ValueError(f"DePatch stages {list(stages)}: stage {bad[0]} is not one of 2..{num_stages} "
+                         "(stage 1 always keeps its fixed patch embedding, as in the paper).")
+    return tuple(i + 1 in {int(s) for s in stages} for i in range(num_stages))
+
+
+def create_model(name: str, pretrained: str | None = None, depatch_stages: Sequence[int] | None = None,
+                 **kwargs: Any) -> PyramidVisionTransformer:
     """Build a registered model; ``kwargs`` override the registered config (``num_classes``,
-    ``drop_path_rate``, ``img_size``, ``features_only``, ``out_indices``, ``num_points``...).
+    ``drop_path_rate``, ``img_size``, ``features_only``, ``out_indices``, ``num_points``,
+    ``predict_size``...). ``depatch_stages`` (e.g. ``[4]`` or ``[2, 3]``) chooses which stages use
+    DePatch instead of the architecture's own choice (the paper's stage ablation).
 
     ``pretrained`` is a local checkpoint path (official DPT/PVT or one of ours); nothing is
-    downloaded. Classification heads of another size and the cls token are skipped for
-    ``features_only`` models.
+    downloaded. See :func:`load_pretrained` for what may differ between checkpoint and model.
     """
     cfg = model_config(name)
     cfg.update(kwargs)
+    flags = depatch_flags(depatch_stages, len(cfg["embed_dims"]))
+    if flags is not None:
+        cfg["depatch"] = flags
     model = PyramidVisionTransformer(**cfg)
     if pretrained:
         load_pretrained(model, pretrained)
@@ -295,26 +327,92 @@ def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> Pyr
 
 
 def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official DPT/PVT checkpoint -> ours: unwrap ``{'model': ...}`` and drop the constant buffers
-    of the official DePatch (``anchor``, ``value_spatial_shapes``, ``value_level_start_index``) that
-    we compute from the input size instead."""
+    """Official DPT/PVT checkpoint (or one of our ``last.pt``) -> a plain state dict of ours: unwrap
+    ``{'model': ...}`` and drop the constant buffers of the official DePatch (``anchor``,
+    ``value_spatial_shapes``, ``value_level_start_index``) that we compute from the input size instead."""
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     drop = ("box_coder.anchor", "value_spatial_shapes", "value_level_start_index")
     return {k: v for k, v in state.items() if not k.endswith(drop)}
 
 
-def load_pretrained(model: PyramidVisionTransformer, path: str) -> None:
-    state = convert_official_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+#: keys that only the classification model has (skipped when a backbone is loaded from a classifier)
+CLASSIFIER_KEYS = ("head.weight", "head.bias", "cls_token", "norm.weight", "norm.bias")
+
+
+def resize_pos_embed(pos: torch.Tensor, new_grid: int, extra_tokens: int = 0) -> torch.Tensor:
+    """Bilinearly resize a square position embedding (1, extra + g*g, D) to ``new_grid`` (the extra
+    tokens, e.g. the cls slot of the last stage, are kept as they are)."""
+    extra, grid = pos[:, :extra_tokens], pos[:, extra_tokens:]
+    g = round(grid.shape[1] ** 0.5)
+    if g * g != grid.shape[1]:
+        raise ValueError(f"position embedding with {grid.shape[1]} tokens is not a square grid")
+    grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(new_grid, new_grid), mode="bilinear", align_corners=False)
+    return torch.cat([extra, grid.flatten(2).transpose(1, 2).to(pos.dtype)], dim=1)
+
+
+def load_pretrained(model: PyramidVisionTransformer, path: str) -> dict[str, list[str]]:
+    """Load a local checkpoint into ``model`` (strict, except for what fine-tuning needs):
+
+    * a classification head of another class count is dropped with a warning (the model keeps its
+      freshly initialised head); a ``features_only`` backbone skips the classifier-only keys
+      (``head``, ``cls_token``, final ``norm``) silently;
+    * position embeddings laid out for another ``img_size`` are bilinearly resized to this model's
+      grid (the last stage's cls slot is kept);
+    * anything else that is missing, unexpected or of another shape is a
+      :class:`~shared.errors.CheckpointError` naming the keys: a checkpoint of another architecture
+      (a DPT checkpoint in a PVT, other widths) never loads half-way.
+
+    Returns ``{"dropped": [...], "resized": [...], "skipped": [...]}``.
+    """
+    import warnings
+
+    from shared.errors import CheckpointError
+    from shared.runtime import load_checkpoint
+
+    state = convert_official_state_dict(load_checkpoint(path))
     own = model.state_dict()
-    skipped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    state = {k: v for k, v in state.items() if k not in skipped}
-    missing = [k for k in own if k not in state]
-    if missing and not model.features_only:
-        raise RuntimeError(f"checkpoint {path} lacks {len(missing)} parameters of this model, e.g. {missing[:5]}.")
-    model.load_state_dict(state, strict=False)
+    report: dict[str, list[str]] = {"dropped": [], "resized": [], "skipped": []}
+    if model.features_only:
+        report["skipped"] = [k for k in CLASSIFIER_KEYS if k in state and k not in own]
+        state = {k: v for k, v in state.items() if k not in report["skipped"]}
+    ckpt_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+    other_classes = ("head.weight" in state and "head.weight" in own and state["head.weight"].shape[1:] ==
+                     own["head.weight"].shape[1:] and state["head.weight"].shape[0] != own["head.weight"].shape[0])
+    for key in ("head.weight", "head.bias"):
+        if other_classes and key in state:  # the same head for another class count (fine-tuning)
+            report["dropped"].append(key)
+            del state[key]
+    if report["dropped"]:
+        warnings.warn(f"{path}: dropped the checkpoint's classification head ({ckpt_classes} classes); this "
+                      f"model's head for {model.num_classes} classes keeps its fresh initialisation", stacklevel=2)
+    for i in range(model.num_stages):
+        key = f"pos_embed{i + 1}"
+        if key in state and key in own and state[key].shape != own[key].shape:
+            extra = 1 if i == model.num_stages - 1 else 0
+            state[key] = resize_pos_embed(state[key], model.pos_grids[i], extra)
+            report["resized"].append(key)
+    missing = [k for k in own if k not in state and k not in report["dropped"]]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+             if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) of this model are missing ({', '.join(missing[:4])}"
+                        f"{', ...' if len(missing) > 4 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:4])}"
+                        f"{', ...' if len(unexpected) > 4 else ''})")
+    if wrong:
+        problems.append(f"shapes differ: {', '.join(wrong[:3])}")
+    if problems:
+        raise CheckpointError(f"weights {path} do not fit this model: {'; '.join(problems)}; pass weights of the "
+                              "same architecture (model.arch, widths, DePatch stages), or weights=null")
+    own.update(state)
+    model.load_state_dict(own)
+    return report
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
