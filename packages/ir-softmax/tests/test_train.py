@@ -120,3 +120,19 @@ def test_ir_centres_under_ddp_use_every_ranks_samples(tmp_path):
     assert torch.equal(outs[0], outs[1]) and torch.allclose(outs[0], expected, atol=1e-6)
     alone = update_centres(ins[0]["init"], F.normalize(ins[0]["x"], dim=1), ins[0]["y"], "grad", 0.5)
     assert not torch.allclose(outs[0], alone)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_writes_the_tables_and_figures(tmp_path, monkeypatch):
+    from ir_softmax.reproduce import main
+
+    monkeypatch.setenv("REPRO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    main(["--quick", "--seeds", "2", "--workers", "1", "--mechanism-base-iterations", "3", "--mechanism-iterations", "2",
+          "--faces-base-iterations", "2", "--faces-iterations", "2", "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.index("Mechanism check") < md.index("Paper setting") and "synthetic" in md
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(data["results"]) == 2 * (3 + 6) + 2 * (3 * 5 + 6 * 5) + 2 * 6
+    for name in ("mechanism_curves.png", "faces_curves.png", "mechanism_features_2d.png", "results.csv"):
+        assert (tmp_path / "out" / name).is_file(), name

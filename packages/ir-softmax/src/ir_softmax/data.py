@@ -352,12 +352,29 @@ class SyntheticIdentities:
     num_classes: int
 
 
-def _render(ids: np.ndarray, seed: int, size: int, cfg: dict) -> np.ndarray:
+_RENDER_KEYS = ("yaw", "pitch", "roll", "expression_strength", "identity_seed", "noise")
+
+
+def _render(ids: np.ndarray, seed: int, size: int, cfg: dict, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Render faces of the given identities (cached on disk by everything that defines them)."""
     from shared.data.faces import render, sample_params
 
+    path = None
+    if cache_dir is not None:
+        spec = {"ids": hashlib.sha1(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest(), "seed": seed,
+                "size": size, **{k: cfg[k] for k in _RENDER_KEYS}}
+        path = Path(os.path.expanduser(str(cache_dir))) / "ir-softmax" / "faces" / f"{_cache_key(spec)}.npy"
+        if path.is_file():
+            return np.load(path)
     params = sample_params(len(ids), seed, identities=ids, yaw=tuple(cfg["yaw"]), pitch=tuple(cfg["pitch"]),
                            roll=tuple(cfg["roll"]), expression_strength=cfg["expression_strength"])
-    return render(params, size, identity_seed=cfg["identity_seed"], noise=cfg["noise"]).images
+    images = render(params, size, identity_seed=cfg["identity_seed"], noise=cfg["noise"]).images
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, images)
+        os.replace(tmp, path)
+    return images
 
 
 def _pairs(ids: np.ndarray, folds: int, per_half: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -401,15 +418,18 @@ def synthetic_identities(cfg: dict, cache_dir: str | os.PathLike) -> SyntheticId
     pool_ids = np.repeat(np.arange(c), int(cfg["max_per_class"]))
     first = np.searchsorted(pool_ids, np.arange(c))
     take = np.concatenate([first[k] + np.arange(counts[k]) for k in range(c)])
-    pool = _render(pool_ids, seed, size, cfg)
+    pool = _render(pool_ids, seed, size, cfg, cache_dir)
     train_images = pool[take]
     test_ids = np.repeat(np.arange(c), int(cfg["test_per_class"]))
-    test_images = _render(test_ids, seed + 1, size, cfg)
+    test_images = _render(test_ids, seed + 1, size, cfg, cache_dir)
 
     def tensors(images, labels):
         return ImageTensorDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
 
-    verification_root = Path(os.path.expanduser(str(cache_dir))) / "ir-softmax" / f"synthetic-lfw-{_cache_key(cfg)}"
+    ver_keys = ("num_classes", "verification_ids", "verification_per_id", "pairs_per_half", "folds", "image_size",
+                "data_seed", *_RENDER_KEYS)  # what defines the verification set (not the training imbalance)
+    ver_cfg = {k: cfg[k] for k in ver_keys}
+    verification_root = Path(os.path.expanduser(str(cache_dir))) / "ir-softmax" / f"synthetic-lfw-{_cache_key(ver_cfg)}"
     if not (verification_root / "pairs.txt").is_file():
         ver_ids = np.repeat(np.arange(c, c + int(cfg["verification_ids"])), int(cfg["verification_per_id"]))
         ver_images = _render(ver_ids, seed + 2, size, cfg)
@@ -417,7 +437,7 @@ def synthetic_identities(cfg: dict, cache_dir: str | os.PathLike) -> SyntheticId
         verification_root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=verification_root.parent, prefix=".tmp-"))
         write_lfw_layout(tmp, ver_images, ver_ids, pairs, same, int(cfg["folds"]))
-        (tmp / "config.json").write_text(json.dumps(cfg, sort_keys=True, indent=1) + "\n")
+        (tmp / "config.json").write_text(json.dumps(ver_cfg, sort_keys=True, indent=1) + "\n")
         try:
             os.rename(tmp, verification_root)  # atomic; another process may have won the race
         except OSError:

@@ -55,9 +55,9 @@ class EmbeddingModel(nn.Module):
     """Backbone (image -> FC1 feature) + head (loss). ``forward(x)`` gives embeddings, ``forward(x, y)`` the
     loss and the embeddings (so DDP sees the head's weights used inside its forward)."""
 
-    def __init__(self, backbone: nn.Module, head: Head):
+    def __init__(self, backbone: nn.Module, head: Head, head_name: str = ""):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.head_name = backbone, head, head_name
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
         emb = self.backbone(x)
@@ -81,7 +81,7 @@ def build_model(cfg: DictConfig, data: DataBundle, total_steps: int) -> tuple[Em
     head = build_head(hcfg["name"], data.num_classes, backbone.embedding_size, **head_options(hcfg, total_steps))
     model_args = {"backbone": cfg.model.name, "embedding_size": backbone.embedding_size, "head": hcfg["name"],
                   "num_classes": data.num_classes, "center_update": hcfg.get("center_update"), **extra}
-    return EmbeddingModel(backbone, head), model_args
+    return EmbeddingModel(backbone, head, hcfg["name"]), model_args
 
 
 def load_weights(model: EmbeddingModel, path: str) -> None:
@@ -94,11 +94,36 @@ def load_weights(model: EmbeddingModel, path: str) -> None:
     if not p.is_file():
         raise FileNotFoundError(f"weights={path}: no such file; give a checkpoint written by ir-softmax (last.pt) "
                                 "or a backbone state dict.")
-    state = load_checkpoint(p)
-    state = state.get("model", state)
+    ckpt = load_checkpoint(p)
+    state = ckpt.get("model", ckpt)
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")} or state
     model.backbone.load_state_dict(backbone)
-    log.info("initialised the backbone from %s", p)
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    same_head = ckpt.get("model_args", {}).get("head") == getattr(model, "head_name", None)
+    if head and same_head:  # the same head continues (e.g. softmax fine-tuned from the softmax baseline)
+        model.head.load_state_dict(head)
+        if "iteration" in head:
+            model.head.iteration.zero_()
+    log.info("initialised the backbone%s from %s", " and the head" if head and same_head else "", p)
+
+
+@torch.no_grad()
+def init_class_vectors(model: EmbeddingModel, data: DataBundle, ctx, cfg: DictConfig) -> None:
+    """Set every class vector (margin-head weights or IR centres) to the Eq. 3 centre of that class's training
+    features under the current backbone: the controlled start of the mechanism check, where plain and IR heads
+    begin at the same place and differ only in how the class vectors move afterwards."""
+    head = model.head
+    if not hasattr(head, "is_ir"):
+        raise ValueError(f"init_class_vectors=centres needs a normalised-weight head, not {cfg.head.name!r}.")
+    feats, labels = embed(model, data.train, ctx, cfg.eval_batch_size)
+    centres, counts = class_centres(feats.double(), labels, data.num_classes)
+    target = head.centres if head.is_ir else head.weight.data
+    new = torch.where((counts > 0).unsqueeze(1), centres, target.double().cpu()).to(target)
+    if head.is_ir:
+        head.centres = new
+    else:
+        head.weight.data.copy_(new)
+    model.train()
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, total_steps: int):
@@ -127,6 +152,17 @@ def embed(model: nn.Module, dataset, ctx, batch_size: int) -> tuple[torch.Tensor
         feats.append(unwrap(model).backbone(to_input(x).to(ctx.device)).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def refresh_centres(model: nn.Module, data: DataBundle, ctx, cfg: DictConfig) -> None:
+    """The slow exact reference (not the paper's rule): set every IR centre to Eq. 3 over the whole training
+    set, embedded by the current network in eval mode (flips off). For ablations only."""
+    head = unwrap(model).head
+    feats, labels = embed(model, data.train, ctx, cfg.eval_batch_size)
+    centres, counts = class_centres(feats.to(head.centres.dtype), labels, data.num_classes)
+    head.centres = torch.where((counts > 0).unsqueeze(1).to(ctx.device), centres.to(ctx.device), head.centres)
+    model.train()
 
 
 def _angles(head: Head, feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -161,6 +197,11 @@ def evaluate(model: nn.Module, data: DataBundle, ctx, cfg: DictConfig) -> tuple[
             subset = torch.utils.data.Subset(subset, np.sort(idx).tolist())
         tf, tl = embed(model, subset, ctx, cfg.eval_batch_size)
         ang = _angles(head, tf, tl, data.num_classes)
+        train_pred = head.predict(tf.to(ctx.device)).cpu()
+        n = torch.bincount(tl, minlength=data.num_classes).double()
+        train_recall = (torch.bincount(tl[train_pred == tl], minlength=data.num_classes).double() / n.clamp_min(1)).numpy()
+        if data.minority.any():
+            out["train_minority_recall"] = float(train_recall[data.minority & (n.numpy() > 0)].mean())
         out["minority_angle"] = float(np.nanmean(ang[data.minority])) if data.minority.any() else float("nan")
         out["majority_angle"] = float(np.nanmean(ang[~data.minority])) if (~data.minority).any() else float("nan")
         arrays["angles"] = ang
@@ -206,6 +247,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
              total_steps, epochs)
 
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, model, optimizer, scheduler, expect=model_args)
+    if not ckpt and cfg.init_class_vectors == "centres":
+        init_class_vectors(model, data, ctx, cfg)
     step = ckpt["step"] if ckpt else 0
     start_epoch = ckpt["epoch"] if ckpt else 0
     skip = step - start_epoch * steps_per_epoch  # batches of start_epoch already consumed
@@ -236,6 +279,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             step += 1
+            if cfg.center_refresh and getattr(unwrap(model).head, "is_ir", False) and step % cfg.center_refresh == 0:
+                refresh_centres(model, data, ctx, cfg)
             loss_sum, seen = loss_sum + loss.item() * len(y), seen + len(y)
             progress.update(loss=loss.item(), lr=scheduler.get_last_lr()[0])
             if step >= max_steps:
@@ -262,6 +307,11 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         (ctx.run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         if cfg.plot:
             plot_features(arrays, unwrap(model).head, data, ctx.run_dir / "features.png")
+            if "test_feats" in arrays:  # the numbers behind the plot, for figures across runs
+                np.savez_compressed(ctx.run_dir / "features.npz", feats=arrays["test_feats"].numpy(),
+                                    labels=arrays["test_labels"].numpy(), counts=data.counts, minority=data.minority,
+                                    class_vectors=unwrap(model).head.class_vectors().detach().cpu().numpy(),
+                                    angles=arrays.get("angles", np.full(data.num_classes, np.nan)))
         log.info("final: %s", " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         log.info("outputs in %s (final_metrics.json, metrics.csv, last.pt%s)", ctx.run_dir,
                  ", features.png" if cfg.plot else "")
@@ -302,7 +352,7 @@ def plot_features(arrays: dict, head: Head, data: DataBundle, path: Path) -> Non
     ax[0].set(title=f"{title}\n(dashed: minority-class vectors)", aspect="equal")
     if "angles" in arrays:
         ax[1].scatter(data.counts, arrays["angles"], c=np.where(data.minority, "tab:red", "tab:blue"))
-        ax[1].set(xscale="log", xlabel="training samples of the class",
+        ax[1].set(xlabel="training samples of the class",
                   ylabel="angle(class vector, feature centre) [deg]", title="red: minority classes")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
