@@ -42,6 +42,12 @@ def test_casia_webface_drops_the_excluded_identities_and_relabels(tmp_path):
     assert ds.classes == ["0000045", "0000100"] and len(ds) == 3
     assert sorted(t for _, t in ds.samples) == [0, 0, 1]
     assert len(casia_webface(root)) == 6
+    (root / "0000513").mkdir()  # an LFW overlap of AM-Softmax's list
+    _img(root / "0000513" / "001.jpg")
+    assert "0000513" not in casia_webface(root, exclude="builtin").classes
+    from ir_softmax.data import BUILTIN_OVERLAP, read_identity_list
+
+    assert len(set(read_identity_list(BUILTIN_OVERLAP))) == 59
     with pytest.raises(DatasetNotFoundError, match="exclusion list"):
         casia_webface(root, exclude=tmp_path / "missing.txt")
     with pytest.raises(DatasetNotFoundError):

@@ -58,17 +58,36 @@ def test_every_head_config_trains_one_step(tmp_path, head):
     assert out["step"] == 1 and 0 <= out["verification_accuracy"] <= 1
 
 
-def test_weights_initialise_the_backbone_from_a_checkpoint(tmp_path):
+def test_weights_initialise_the_backbone_and_a_same_head_from_a_checkpoint(tmp_path):
     fit(config(tmp_path, "max_steps=1", "head=softmax"), tmp_path / "base")
     base = torch.load(tmp_path / "base" / "last.pt", weights_only=True)["model"]
     from ir_softmax.data import build_data
     from ir_softmax.train import build_model, load_weights
     from shared.runtime import to_plain
 
-    cfg = config(tmp_path, "head=ir_amsoftmax")
-    model, _ = build_model(cfg, build_data(to_plain(cfg.data), cfg.cache_dir), 6)
-    load_weights(model, str(tmp_path / "base" / "last.pt"))
-    assert torch.equal(model.backbone.fc1.weight, base["backbone.fc1.weight"])
+    for head in ("ir_amsoftmax", "softmax"):
+        cfg = config(tmp_path, f"head={head}")
+        torch.manual_seed(123)
+        model, _ = build_model(cfg, build_data(to_plain(cfg.data), cfg.cache_dir), 6)
+        load_weights(model, str(tmp_path / "base" / "last.pt"))
+        assert torch.equal(model.backbone.fc1.weight, base["backbone.fc1.weight"])
+        if head == "softmax":  # the same head continues from the checkpoint
+            assert torch.equal(model.head.fc.weight, base["head.fc.weight"])
+
+
+def test_flips_change_training_and_the_schedule_follows_the_run_length(tmp_path):
+    a = fit(config(tmp_path, "max_steps=1", "flip=true", "eval_train_angles=false"), tmp_path / "flip")
+    b = fit(config(tmp_path, "max_steps=1", "flip=false", "eval_train_angles=false"), tmp_path / "noflip")
+    wa = torch.load(tmp_path / "flip" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "noflip" / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(wa["backbone.fc1.weight"], wb["backbone.fc1.weight"]) and a["step"] == b["step"] == 1
+    from ir_softmax.train import build_optimizer, head_options
+
+    assert head_options({"name": "asoftmax", "blend": True, "lambda_gamma": None}, 1000)["lambda_gamma"] == \
+        pytest.approx(0.12 * 28)
+    assert head_options({"name": "asoftmax", "blend": True, "lambda_gamma": 0.5}, 1000)["lambda_gamma"] == 0.5
+    _, sched = build_optimizer(config(tmp_path), torch.nn.Linear(2, 2), 1000)
+    assert sorted(sched.milestones) == [571, 857]
 
 
 def test_every_experiment_config_composes():
@@ -130,9 +149,123 @@ def test_reproduce_quick_writes_the_tables_and_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
     main(["--quick", "--seeds", "2", "--workers", "1", "--mechanism-base-iterations", "3", "--mechanism-iterations", "2",
           "--faces-base-iterations", "2", "--faces-iterations", "2", "--out", str(tmp_path / "out")])
-    md = (tmp_path / "out" / "results.md").read_text()
+    out = tmp_path / "out"
+    md = (out / "results.md").read_text()
     assert md.index("Mechanism check") < md.index("Paper setting") and "synthetic" in md
-    data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert len(data["results"]) == 2 * (3 + 6) + 2 * (3 * 5 + 6 * 5) + 2 * 6
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert len(runs) == 2 * (3 + 6) + 2 * (3 * 5 + 6 * 5) + 2 * 6
+    prov = json.loads((out / "provenance.json").read_text())
+    assert len(prov["runs"]) == len(runs) and prov["args"]["seeds"] == 2
     for name in ("mechanism_curves.png", "faces_curves.png", "mechanism_features_2d.png", "results.csv"):
-        assert (tmp_path / "out" / name).is_file(), name
+        assert (out / name).is_file(), name
+    from shared.report import render_report
+
+    assert render_report(out) == md  # results.md is rendered from the data alone
+    main(["--render-only", "--out", str(out)])
+    assert (out / "results.md").read_text() == md
+
+
+@pytest.mark.parametrize("override, key", [("head.center_update=gard", "head.center_update"), ("iterations=-1", "iterations"),
+                                           ("model.name=small_cn", "model.name"), ("head.center_lr=1.5", "head.center_lr"),
+                                           ("weights=/no/such/file.pt", "weights"),
+                                           ("init_class_vectors=centres", "init_class_vectors")])
+def test_bad_config_is_one_clear_error_before_anything_is_built(tmp_path, override, key):
+    from shared.errors import ConfigError
+
+    extra = ["head=softmax"] if key == "init_class_vectors" else []
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        fit(config(tmp_path, override, *extra), tmp_path / "run")
+    assert ";" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_benchmark_quick_writes_its_report(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "ir-softmax" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_ir_softmax", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--quick", "--force", "--rounds", "5", "--min-run-time", "0.01", "--threads", "1", "--out", str(tmp_path)])
+    md = (tmp_path / "results.md").read_text()
+    assert "QUICK" in md and "ir_amsoftmax" in md and (tmp_path / "ratios.png").is_file()
+
+
+@pytest.mark.parametrize("head", ["amsoftmax", "ir_amsoftmax"])
+def test_init_class_vectors_and_refresh_set_the_eq3_centres_of_the_training_features(tmp_path, head):
+    from ir_softmax.data import build_data
+    from ir_softmax.heads import class_centres
+    from ir_softmax.train import embed, init_class_vectors, refresh_centres
+    from shared.runtime import start_run, to_plain
+
+    cfg = config(tmp_path, f"head={head}")
+    ctx = start_run(cfg, tmp_path / "ctx")
+    data = build_data(to_plain(cfg.data), cfg.cache_dir)
+    from ir_softmax.train import build_model
+
+    model, _ = build_model(cfg, data, 6)
+    feats, labels = embed(model, data.train, ctx, 16)
+    expected, _ = class_centres(feats.double(), labels, data.num_classes)
+    init_class_vectors(model, data, ctx, cfg)
+    assert model.training
+    assert torch.allclose(model.head.class_vectors().double(), expected, atol=1e-6)
+    if head.startswith("ir_"):
+        model.head.centres = F.normalize(torch.randn_like(model.head.centres), dim=1)
+        refresh_centres(model, data, ctx, cfg)
+        assert model.training and torch.allclose(model.head.centres.double(), expected, atol=1e-6)
+
+
+def test_evaluate_reports_known_recalls_angles_and_verification():
+    """A fixed 2-D 'backbone' (identity) and IR centres at 0, 90, 180 deg: every number is known by hand."""
+    import math
+    from types import SimpleNamespace
+
+    import numpy as np
+    from torch import nn
+
+    from ir_softmax.data import DataBundle, ImageTensorDataset
+    from ir_softmax.heads import build_head
+    from ir_softmax.train import EmbeddingModel, evaluate
+
+    deg = lambda a: [math.cos(math.radians(a)), math.sin(math.radians(a))]  # noqa: E731
+    head = build_head("ir_normface", 3, 2)
+    head.centres = torch.tensor([deg(0), deg(90), deg(180)])
+    model = EmbeddingModel(nn.Identity(), head, "ir_normface")
+    # test: class 0 all right (2/2), class 1 one right one called class 0 (1/2), class 2 all wrong (0/2)
+    test_x = torch.tensor([deg(10), deg(-10), deg(80), deg(20), deg(100), deg(70)])
+    test_y = torch.tensor([0, 0, 1, 1, 2, 2])
+    # train features: class 0 centred at 0 deg, class 1 at 60 deg, class 2 at 180 deg
+    train_x = torch.tensor([deg(20), deg(-20), deg(60), deg(180)])
+    train_y = torch.tensor([0, 0, 1, 2])
+    ver_x = torch.tensor([deg(0), deg(5), deg(90), deg(95)])
+    data = DataBundle(ImageTensorDataset(train_x, train_y), 3, 1, np.array([2, 1, 1]), np.array([False, True, True]),
+                      ImageTensorDataset(test_x, test_y),
+                      {"images": ImageTensorDataset(ver_x, torch.zeros(4, dtype=torch.long)),
+                       "index": np.array([[0, 1], [2, 3], [0, 2], [1, 3]]), "same": np.array([True, True, False, False]),
+                       "fold": np.array([0, 1, 0, 1])}, kind="vector")
+    cfg = SimpleNamespace(eval_batch_size=4, eval_train_angles=True, eval_train_limit=100)
+    out, arrays = evaluate(model, data, SimpleNamespace(device=torch.device("cpu")), cfg)
+    assert out["test_accuracy"] == pytest.approx(3 / 6)
+    assert out["majority_recall"] == pytest.approx(1.0) and out["minority_recall"] == pytest.approx(0.25)
+    assert arrays["angles"] == pytest.approx([0.0, 30.0, 0.0], abs=1e-6)
+    assert out["majority_angle"] == pytest.approx(0.0, abs=1e-6) and out["minority_angle"] == pytest.approx(15.0)
+    assert out["train_minority_recall"] == pytest.approx(1.0)  # 60 deg is nearer 90 than 0
+    assert out["verification_accuracy"] == 1.0 and out["verification_auc"] == 1.0
+
+
+def test_input_scaling_and_flips():
+    from ir_softmax.data import to_input
+    from ir_softmax.train import flip_batch
+
+    x = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
+    assert torch.equal(to_input(x), torch.tensor([[[[-1.0, 1.0]]]]))
+    f = torch.randn(3, 2, 2)
+    assert torch.equal(to_input(f), f)
+    x = torch.arange(2 * 8 * 3, dtype=torch.float32).reshape(8, 1, 2, 3)
+    torch.manual_seed(0)
+    mask = torch.rand(8) < 0.5
+    torch.manual_seed(0)
+    y = flip_batch(x)
+    assert 0 < mask.sum() < 8
+    assert torch.equal(y[mask], x[mask].flip(-1)) and torch.equal(y[~mask], x[~mask])

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shared.data.root import DatasetNotFoundError
+from shared.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 log = logging.getLogger("ir_softmax")
 
@@ -59,18 +59,21 @@ __all__ = [
 ]
 
 
-class DatasetFormatError(ValueError):
-    """The dataset is there but not in the expected format (names the file and the fix)."""
+DATASETS = ("synthetic_faces", "gaussian", "mnist", "casia_webface", "market1501")
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
-    from PIL import Image
+    """An image file as an array (an unreadable file is a one-line DatasetFormatError naming it)."""
+    from shared.data.readers import load_image as shared_load
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert(mode))
+    return np.asarray(shared_load(path, mode))
 
 
 # ------------------------------------------------------------------------------------ CASIA-WebFace
+
+
+#: The 59 CASIA-WebFace identities that overlap LFW (17) and MegaFace's FaceScrub (42), as AM-Softmax removed them.
+BUILTIN_OVERLAP = Path(__file__).resolve().parent / "lists" / "casia_webface_overlap.txt"
 
 
 def read_identity_list(path: str | os.PathLike) -> list[str]:
@@ -88,13 +91,16 @@ def casia_webface(root: str | os.PathLike, exclude: str | os.PathLike | list[str
     """CASIA-WebFace as an ImageFolder (``root/<identity id>/<nnn>.jpg``) without the ``exclude`` identities.
 
     The paper trains on 10,516 of the 10,575 identities after removing the 59 that overlap its test sets
-    (the list is not published with the paper): pass it as a file or a list. Labels are contiguous over
-    the kept identities, in sorted folder order."""
+    (following AM-Softmax): ``exclude="builtin"`` removes AM-Softmax's published list (shipped in
+    ``ir_softmax/lists``); a file path or a list of names removes others. Labels are contiguous over the
+    kept identities, in sorted folder order."""
     from torchvision.datasets import ImageFolder
 
     from shared.data import image_folder
 
     image_folder(root)  # validates the layout (one clear error if missing / empty)
+    if exclude == "builtin":
+        exclude = BUILTIN_OVERLAP
     drop = set(read_identity_list(exclude) if isinstance(exclude, (str, os.PathLike)) else (exclude or []))
 
     class _Filtered(ImageFolder):
@@ -132,7 +138,7 @@ def read_lfw_pairs(path: str | os.PathLike) -> list[LFWPair]:
                                    "download pairs.txt from the LFW website into the LFW root.")
     lines = [ln.split() for ln in p.read_text().splitlines() if ln.strip()]
     if not lines:
-        raise DatasetFormatError(f"{p} is empty; expected a header line '10 300' followed by the pairs.")
+        raise DatasetFormatError(f"{p} is empty; expected a header line '10 300' followed by the pairs")
     head = lines[0]
     try:
         folds, per = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
@@ -155,11 +161,13 @@ def read_lfw_pairs(path: str | os.PathLike) -> list[LFWPair]:
             else:
                 kind = "matched 'name i j'" if same else "mismatched 'name1 i name2 j'"
                 raise DatasetFormatError(f"{p} line {k + 2}: {' '.join(tok)!r} should be a {kind} pair "
-                                         f"(fold {fold + 1}: {per} matched lines then {per} mismatched).")
+                                         f"(fold {fold + 1}: {per} matched lines then {per} mismatched); "
+                                         "use LFW's original pairs.txt or fix that line")
         except ValueError as e:
             if isinstance(e, DatasetFormatError):
                 raise
-            raise DatasetFormatError(f"{p} line {k + 2}: image numbers must be integers in {' '.join(tok)!r}.") from None
+            raise DatasetFormatError(f"{p} line {k + 2}: image numbers must be integers in {' '.join(tok)!r}; "
+                                     "use LFW's original pairs.txt or fix that line") from None
     return pairs
 
 
@@ -309,7 +317,7 @@ def mnist(root: str | os.PathLike, train: bool = True) -> tuple[np.ndarray, np.n
     images, labels = read_idx(img), read_idx(lab)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetFormatError(f"{img} / {lab}: expected (N, 28, 28) images and (N,) labels, got "
-                                 f"{images.shape} and {labels.shape}.")
+                                 f"{images.shape} and {labels.shape}; use the original MNIST idx files")
     return images, labels.astype(np.int64)
 
 
@@ -384,7 +392,8 @@ def _pairs(ids: np.ndarray, folds: int, per_half: int, rng: np.random.Generator)
     pairs, same = [], []
     for g in groups:
         if len(g) < 2:
-            raise ValueError(f"{len(uniq)} verification identities are too few for {folds} folds (2 per fold at least).")
+            raise ConfigError(f"{len(uniq)} verification identities are too few for {folds} folds; "
+                              f"set data.verification_ids to at least {2 * folds}")
         members = [np.flatnonzero(ids == i) for i in g]
         for _ in range(per_half):  # matched: two distinct images of one identity
             m = members[rng.integers(len(g))]
@@ -473,10 +482,7 @@ class PathDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert(self.mode)), self.labels[i]
+        return self.transform(_open(self.paths[i], self.mode)), self.labels[i]
 
 
 @dataclass
@@ -572,11 +578,10 @@ def build_data(cfg: dict, cache_dir: str | os.PathLike) -> DataBundle:
                 "q_pids": np.array([it.pid for it in q]), "q_camids": np.array([it.camid for it in q]),
                 "g_pids": np.array([it.pid for it in g]), "g_camids": np.array([it.camid for it in g])}
         return DataBundle(train, s["num_train_ids"], channels, counts, counts < np.median(counts), None, None, reid)
-    raise ValueError(f"unknown data.name {name!r}.")
+    raise ConfigError(f"data.name={name!r} is not a known dataset; use one of: {', '.join(DATASETS)}")
 
 
 def _open(path, mode):
-    from PIL import Image
+    from shared.data.readers import load_image as shared_load
 
-    with Image.open(path) as im:
-        return im.convert(mode)
+    return shared_load(path, mode)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from shared.cli import entry
 
 PAIRS = [("asoftmax", "ir_asoftmax"), ("amsoftmax", "ir_amsoftmax")]  # (plain, IR)
 HEADS = ["softmax", "asoftmax", "ir_asoftmax", "amsoftmax", "ir_amsoftmax"]
@@ -44,6 +44,7 @@ ABLATION = [  # IR-Softmax(AM), 16-D, 100:1: the centre rules and the slow exact
     ("instance", ["head.center_update=instance"]),
     ("exact Eq. 3 every 50 steps", ["center_refresh=50"]),
 ]
+CONFIG_MODULE = "ir_softmax.conf"
 AM_MARGIN_2D = 0.1  # 10 classes on a circle are 36 deg apart: an AM margin needs m < 1 - cos 36 deg = 0.19
 
 
@@ -77,21 +78,20 @@ def _run(job: tuple[str, list[str], str]) -> dict:
     import logging
 
     import torch
-    from hydra import compose, initialize_config_module
 
     from ir_softmax.train import fit
+    from shared.provenance import compose
+    from shared.runtime import to_plain
 
     torch.set_num_threads(1)
     logging.getLogger("ir_softmax").setLevel(logging.WARNING)
     logging.getLogger("repro").setLevel(logging.WARNING)
     key, overrides, run_dir = job
-    with initialize_config_module(config_module="ir_softmax.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(CONFIG_MODULE, overrides)
     t0 = time.perf_counter()
     result = fit(cfg, run_dir)
     result["seconds"] = time.perf_counter() - t0
-    result["key"] = key
-    return result
+    return {"key": key, "overrides": overrides, "config": to_plain(cfg), "metrics": result}
 
 
 def _map(jobs: list, workers: int) -> list[dict]:
@@ -101,9 +101,11 @@ def _map(jobs: list, workers: int) -> list[dict]:
     return [_run(j) for j in jobs]
 
 
-def run_all(args) -> dict:
-    """Train every cell; returns {key: final metrics}."""
-    runs = Path(os.environ.get("REPRO_RUNS", "runs")) / "ir-softmax" / "reproduce" / ("quick" if args.quick else "full")
+def run_all(args) -> tuple[list[dict], Path]:
+    """Train every cell; returns one record per run (key, overrides, config, final metrics)."""
+    from shared.runtime import runs_root
+
+    runs = runs_root("ir-softmax", "reproduce", "quick" if args.quick else "full")
     common = ["device=cpu", "resume=null", "log_interval=1000", "threads=1"]
     mq, fq = [], []
     if args.quick:
@@ -138,159 +140,157 @@ def run_all(args) -> dict:
                         head_jobs.append((f"ablation|{k}|{s}", ov, str(runs / f"ablation_{k}_s{s}")))
     print(f"{len(base_jobs)} softmax baselines, then {len(head_jobs)} fine-tuning runs, on {args.workers} workers; "
           f"runs in {runs}", flush=True)
-    results = _map(base_jobs, args.workers) + _map(head_jobs, args.workers)
-    return {r.pop("key"): r for r in results}, runs
+    return _map(base_jobs, args.workers) + _map(head_jobs, args.workers), runs
 
 
 # ------------------------------------------------------------------------------------------- claims
 
 
-def paired(ours, base, direction: str) -> dict:
-    """Paired difference ours - base over seeds; ``agree`` counts the seeds with the claimed sign."""
-    d = np.asarray(ours, float) - np.asarray(base, float)
-    sign = np.sign(d) if direction == "higher" else -np.sign(d)
-    return {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
-            "agree": int((sign > 0).sum()), "n": int(len(d))}
+def judge(ours, base, claim: str):
+    """The project's verdict (shared.metrics.paired_verdict) on per-seed paired differences ours - baseline."""
+    from shared.metrics import paired_verdict
 
-
-def verdict(ours, base, direction: str) -> bool:
-    """The claim holds when the mean paired difference has the claimed sign and at least 80% of the seeds agree."""
-    p = paired(ours, base, direction)
-    right_sign = p["mean"] > 0 if direction == "higher" else p["mean"] < 0
-    return bool(right_sign and p["agree"] >= int(np.ceil(0.8 * p["n"])))
+    return paired_verdict(np.subtract(np.asarray(ours, float), np.asarray(base, float)).tolist(), claim)
 
 
 def _vals(by: dict, prefix: str, metric: str, seeds: int) -> list[float]:
     return [float(by[f"{prefix}|{s}"][metric]) for s in range(seeds)]
 
 
-def build_rows(data: dict) -> tuple[list, dict]:
-    """The claim rows of results.md (from results.json alone) and a summary of the verdicts."""
-    from shared.metrics import ResultRow
+def build_sections(by: dict, seeds: int, wall_s: float, workers: int) -> tuple[list, str, str, str]:
+    """The report (sections, intro, notes, headline) from the final metrics of every run (``by``: key -> metrics)."""
+    from shared.metrics import mean_std
+    from shared.report import Section
 
-    by, n = data["results"], data["args"]["seeds"]
-    rows, summary = [], {"mechanism_angle": [], "mechanism_recall": [], "faces_recall": [], "faces_verification": []}
+    n = seeds
+    tally = {"angle": [], "recall": [], "drift": [], "faces_recall": [], "faces_verification": []}
 
-    def row(setting, metric, ours, base, direction, paper, kind=None, digits=2):
-        holds = verdict(ours, base, direction)
-        pd = paired(ours, base, direction)
-        rows.append(ResultRow(setting=f"{setting} [paired diff {pd['mean']:+.{digits}f} ± {pd['std']:.{digits}f}, "
-                                      f"{pd['agree']}/{pd['n']} seeds {direction}]", metric=metric, values=ours,
-                              baseline=base, paper=paper, direction=direction, holds=holds, digits=digits))
+    def row(setting, metric, ours, base, claim, paper, kind=None, digits=2):
+        from shared.metrics import ResultRow
+
+        v = judge(ours, base, claim)
         if kind:
-            summary[kind].append(holds)
+            tally[kind].append(v.verdict)
+        return ResultRow(setting=f"{setting}; paired {v.summary(digits)}", metric=metric, values=list(ours),
+                         baseline=list(base), paper=paper, direction=claim, holds=v.verdict, digits=digits)
 
+    def count(kind, verdict="holds"):
+        return f"{sum(x == verdict for x in tally[kind])}/{len(tally[kind])}"
+
+    mech_rows = []
     for dim in DIMS:
         for h in ("softmax", "asoftmax", "amsoftmax"):
             a1, a100 = (_vals(by, f"mech|{dim}|{r}|{h}", "minority_angle", n) for r in (1, 100))
-            row(f"mechanism {dim}-D, {LABEL[h]}: 100:1 (ours) vs 1:1 (baseline)", "minority angle (deg)", a100, a1,
-                "higher", "grows with imbalance (Sec. 3.1, Fig. 2)", digits=1)
+            mech_rows.append(row(f"{dim}-D {LABEL[h]}: 100:1 (ours) vs 1:1 (baseline)", "minority angle (deg)", a100,
+                                 a1, "higher", "grows with imbalance (Eq. 2, Fig. 2)", "drift", 1))
             r1, r100 = (_vals(by, f"mech|{dim}|{r}|{h}", "minority_recall", n) for r in (1, 100))
-            row(f"mechanism {dim}-D, {LABEL[h]}: 100:1 vs 1:1", "minority recall", r100, r1, "lower",
-                "falls with imbalance (Sec. 3.1)", digits=3)
+            mech_rows.append(row(f"{dim}-D {LABEL[h]}: 100:1 vs 1:1", "minority recall", r100, r1, "lower",
+                                 "falls with imbalance", "drift", 3))
         for plain, ir in PAIRS:
             for r in (20, 100):
-                row(f"mechanism {dim}-D, {r}:1: {LABEL[ir]} (ours) vs {LABEL[plain]}", "minority angle (deg)",
-                    _vals(by, f"mech|{dim}|{r}|{ir}", "minority_angle", n),
-                    _vals(by, f"mech|{dim}|{r}|{plain}", "minority_angle", n), "lower",
-                    "weights = class centres (Eq. 3)", "mechanism_angle", digits=1)
-                row(f"mechanism {dim}-D, {r}:1: {LABEL[ir]} vs {LABEL[plain]}", "minority recall",
-                    _vals(by, f"mech|{dim}|{r}|{ir}", "minority_recall", n),
-                    _vals(by, f"mech|{dim}|{r}|{plain}", "minority_recall", n), "higher",
-                    "robust to imbalance", "mechanism_recall", digits=3)
-            for metric, direction, kind, digits in (("minority_angle", "lower", "mechanism_angle", 1),
-                                                    ("minority_recall", "higher", "mechanism_recall", 3)):
+                mech_rows.append(row(f"{dim}-D {r}:1: {LABEL[ir]} (ours) vs {LABEL[plain]}", "minority angle (deg)",
+                                     _vals(by, f"mech|{dim}|{r}|{ir}", "minority_angle", n),
+                                     _vals(by, f"mech|{dim}|{r}|{plain}", "minority_angle", n), "lower",
+                                     "class vector = class centre (Eq. 3)", "angle", 1))
+                mech_rows.append(row(f"{dim}-D {r}:1: {LABEL[ir]} vs {LABEL[plain]}", "minority recall",
+                                     _vals(by, f"mech|{dim}|{r}|{ir}", "minority_recall", n),
+                                     _vals(by, f"mech|{dim}|{r}|{plain}", "minority_recall", n), "higher",
+                                     "robust to imbalance", "recall", 3))
+            for metric, claim, kind, digits in (("minority_angle", "lower", "angle", 1),
+                                                ("minority_recall", "higher", "recall", 3)):
                 eff = {h: np.subtract(_vals(by, f"mech|{dim}|100|{h}", metric, n), _vals(by, f"mech|{dim}|1|{h}", metric, n))
                        for h in (plain, ir)}
-                row(f"mechanism {dim}-D, change 1:1 -> 100:1: {LABEL[ir]} vs {LABEL[plain]}",
-                    f"{metric.replace('_', ' ')} change", eff[ir].tolist(), eff[plain].tolist(), direction,
-                    "IR stays flat", kind, digits=digits)
+                mech_rows.append(row(f"{dim}-D change from 1:1 to 100:1: {LABEL[ir]} (ours) vs {LABEL[plain]}",
+                                     f"{metric.replace('_', ' ')} change", eff[ir].tolist(), eff[plain].tolist(), claim,
+                                     "IR stays flat", kind, digits))
+    mech_text = f"""**Why the effect must show here if the code is right.** Ten Gaussian classes in R^16 (class k ~
+N(4 u_k, I), u_k random unit vectors); classes 7, 8 and 9 get 1/20 or 1/100 of the 1000 training samples of the
+others; an MLP (16-128-128) maps them to a 2-D or 16-D embedding. A softmax model is trained first (3000 steps of
+128, SGD 0.1, momentum 0.9, wd 5e-4); every head is then fine-tuned from it (2000 steps, lr 0.01) with every class
+vector starting at the Eq. 3 centre of its class's training features. From that common start the only
+difference between a plain head and its IR variant is how the class vectors move: by the loss gradient, whose
+second term (Eq. 2) pushes a minority class's vector away from the many samples of the other classes, or by the
+IR centre rule, which uses the samples of its own class only. So the plain heads' minority angle must grow with
+the imbalance and the IR heads' must not; if the paper's explanation of the accuracy loss is right, minority
+recall (balanced test set, 500 per class) must follow the angle. In 2-D the AM margin is m = {AM_MARGIN_2D}: ten
+classes 36 deg apart admit no m >= 1 - cos 36 deg = 0.19 (16-D: m = 0.35). A-Softmax: m = 4 with SphereFace's
+lambda annealing stretched to the run. The angle is measured to the Eq. 3 centre of the training features in
+eval mode, averaged over the three minority classes."""
+    mech_after = f"""**Verdict.** The drift that Eq. 2 predicts for the plain heads (angle up, recall down from 1:1 to 100:1):
+{count("drift")} rows hold. IR keeps the minority class vector nearer its feature centre than the plain head:
+{count("angle")} angle rows hold ({count("angle", "does not hold")} reversed). IR gives a higher (or flatter)
+minority recall: {count("recall")} rows hold, {count("recall", "does not hold")} reversed, the rest
+inconclusive. The next section tests whether the IR rule's own estimate is what limits it."""
+
+    abl_rows = []
+    base_r = _vals(by, "mech|16|100|amsoftmax", "minority_recall", n)
     for k, (label, _) in enumerate(ABLATION):
-        base_r = [float(by[f"mech|16|100|amsoftmax|{s}"]["minority_recall"]) for s in range(n)]
-        rows.append(ResultRow(setting=f"ablation 16-D 100:1, IR-Softmax(AM) centre rule: {label}",
-                              metric="minority recall (angle in the CSV)", values=_vals(by, f"ablation|{k}", "minority_recall", n),
-                              baseline=base_r, paper=None, direction="", holds=None, digits=3))
+        from shared.metrics import ResultRow
+
+        ang = _vals(by, f"ablation|{k}", "minority_angle", n)
+        abl_rows.append(ResultRow(setting=f"IR-Softmax(AM), 16-D, 100:1, centre rule: {label} (angle "
+                                          f"{mean_std(ang)[0]:.1f} deg)", metric="minority recall",
+                                  values=_vals(by, f"ablation|{k}", "minority_recall", n), baseline=base_r,
+                                  paper=None, direction="", holds=None, digits=3))
+    abl_text = """The online centre rules (the paper's gradient rule at two step sizes, the official code's running
+sum, a window of the last 10 features, the last instance) against a slow exact reference that sets every centre
+to Eq. 3 over the whole training set, embedded by the current network, every 50 steps. Baseline column: the plain
+AM-Softmax of the same cell. If the exact reference is no better than the online rules, the centre estimate is not
+what decides minority recall."""
+
+    face_rows = []
     for plain, ir in PAIRS:
         for r in RATIOS:
-            row(f"synthetic faces {r}:1: {LABEL[ir]} (ours) vs {LABEL[plain]}", "minority recall",
-                _vals(by, f"faces|{r}|{ir}", "minority_recall", n), _vals(by, f"faces|{r}|{plain}", "minority_recall", n),
-                "higher", "robust to imbalance", "faces_recall" if r > 1 else None, digits=3)
-            row(f"synthetic faces {r}:1: {LABEL[ir]} vs {LABEL[plain]}", "verification acc. (10-fold, unseen ids)",
-                _vals(by, f"faces|{r}|{ir}", "verification_accuracy", n),
-                _vals(by, f"faces|{r}|{plain}", "verification_accuracy", n), "higher",
-                "LFW: A 99.08 -> 99.23, AM 98.98 -> 99.21 (Table 1)", "faces_verification", digits=3)
-    return rows, summary
+            face_rows.append(row(f"{r}:1: {LABEL[ir]} (ours) vs {LABEL[plain]}", "minority recall",
+                                 _vals(by, f"faces|{r}|{ir}", "minority_recall", n),
+                                 _vals(by, f"faces|{r}|{plain}", "minority_recall", n), "higher", "robust to imbalance",
+                                 "faces_recall" if r > 1 else None, 3))
+            face_rows.append(row(f"{r}:1: {LABEL[ir]} vs {LABEL[plain]}", "verification accuracy (10-fold)",
+                                 _vals(by, f"faces|{r}|{ir}", "verification_accuracy", n),
+                                 _vals(by, f"faces|{r}|{plain}", "verification_accuracy", n), "higher",
+                                 "LFW: A 99.08 -> 99.23, AM 98.98 -> 99.21 (Table 1)", "faces_verification", 3))
+    soft = {r: mean_std(_vals(by, f"faces|{r}|softmax", m, n))[0] for r in RATIOS
+            for m in ("verification_accuracy",)}
+    soft_rec = {r: mean_std(_vals(by, f"faces|{r}|softmax", "minority_recall", n))[0] for r in RATIOS}
+    face_text = f"""Synthetic identities rendered by `shared.data.faces` (32x32; pose, expression and light vary; a new set of
+identities per seed). 40 training identities, the first 20 with 100 images, the other 20 with 100/r (a step long
+tail); the paper's fine-tuning protocol: a softmax baseline (800 steps of 64), then each loss for 400 steps at lr
+0.01 with its class vectors starting at the class centres. Minority recall on a balanced closed-set test (20
+images per identity); open-set verification on 60 unseen identities, 600 pairs in 10 identity-disjoint folds
+written as an LFW `pairs.txt` and read back with the LFW reader, LFW protocol (threshold from the other nine
+folds). Softmax reference: verification {", ".join(f"{soft[r]:.3f}" for r in RATIOS)} and minority recall
+{", ".join(f"{soft_rec[r]:.3f}" for r in RATIOS)} at {", ".join(f"{r}:1" for r in RATIOS)}."""
+    face_after = f"""**Verdict.** IR minority recall above the plain head at 20:1 and 100:1: {count("faces_recall")} rows hold
+({count("faces_recall", "does not hold")} reversed). IR verification above the plain head:
+{count("faces_verification")} rows hold ({count("faces_verification", "does not hold")} reversed)."""
+
+    sections = [
+        Section("1. Mechanism check (Eq. 2): does a minority class's weight drift from its features?", mech_text,
+                mech_rows, after=mech_after, figures=["mechanism_features_2d.png", "mechanism_curves.png"]),
+        Section("1b. Ablation: the IR centre rules against an exact reference", abl_text, abl_rows),
+        Section("2. Paper setting, scaled down: synthetic face identities", face_text, face_rows, after=face_after,
+                figures=["faces_curves.png"]),
+    ]
+    intro = f"""All data here are **synthetic** (Gaussian classes; faces rendered by `shared.data.faces`), never the
+paper's datasets. {n} paired seeds per cell: within a seed every head sees the same data and starts from the same
+softmax model. {workers} worker processes of 1 thread on the CPU (wall-clock in the provenance). Verdicts use the
+project's rule (`shared.metrics.paired_verdict`: one-sided paired t-test at 5 % on ours - baseline per seed;
+"inconclusive" when neither direction is significant)."""
+    notes = """"ours" is the first method named in a row, "baseline" the second; the paired numbers are ours - baseline.
+Paper values are the directions the paper claims (it reports no synthetic numbers); its real-data numbers are in
+`packages/ir-softmax/paper_results.yaml`."""
+    headline = (f"mechanism (synthetic): IR keeps minority class vectors at their centres ({count('angle')} angle rows "
+                f"hold) but minority recall holds in {count('recall')} rows; synthetic faces: IR minority recall "
+                f"{count('faces_recall')}, verification {count('faces_verification')} rows hold")
+    return sections, intro, notes, headline
 
 
-def _fraction(flags: list[bool]) -> str:
-    return f"{sum(flags)}/{len(flags)}"
-
-
-def render(data: dict, out: Path) -> None:
-    """results.md / results.csv from results.json (and the figures from it and the run folders)."""
-    from shared.metrics import mean_std, write_results
-
-    rows, summary = build_rows(data)
-    by, n = data["results"], data["args"]["seeds"]
-    soft = {r: mean_std(_vals(by, f"faces|{r}|softmax", "verification_accuracy", n))[0] for r in RATIOS}
-    preamble = f"""
-All data here are **synthetic** (Gaussian classes; faces rendered by `shared.data.faces`), never the paper's
-datasets. {n} paired seeds per cell (every head of a seed sees the same data and starts from the same softmax
-model); CPU ({data['machine']}), {data['args']['workers']} worker processes of 1 thread; wall-clock
-{data['wall_seconds'] / 60:.1f} min. Verdict per row: the mean paired difference has the claimed sign and at
-least 80% of the seeds agree.
-
-## 1. Mechanism check (Eq. 2): does a minority class's weight drift away from its features?
-
-**Why it must show here if the code is right.** Ten Gaussian classes in R^16 (radius 4, unit noise); classes
-7, 8, 9 get 1/20 or 1/100 of the samples of the others; an MLP maps them to a 2-D or 16-D embedding. A softmax
-model is trained first (3000 steps); each head is then fine-tuned from it (2000 steps, lr 0.01) with every class
-vector starting at the Eq. 3 centre of its class's training features. From that common start the only
-difference between a plain head and its IR variant is how the class vectors move: by the gradient, whose term 2
-(Eq. 2) pushes a minority class's weight away from the many samples of the other classes, or by the centre rule,
-which uses class-k samples only. So the plain heads' minority angle must grow with the imbalance and the IR
-heads' must not; if the paper's explanation is right, minority recall must follow the angle. (AM margin in 2-D:
-m = {AM_MARGIN_2D}, since ten classes 36 deg apart admit no m >= 1 - cos 36 deg = 0.19; 16-D uses m = 0.35.)
-
-**Verdict.** IR keeps the minority class vector nearer its feature centre than the plain head:
-{_fraction(summary['mechanism_angle'])} angle rows hold. IR gives higher minority recall (or a flatter recall
-curve): {_fraction(summary['mechanism_recall'])} recall rows hold. The ablation rows compare the IR centre rules
-with a slow exact reference (Eq. 3 over the whole training set every 50 steps) and the plain AM-Softmax
-(baseline column): if the exact reference does no better than the online rule, the online estimate is not what
-decides minority recall.
-
-![2-D features at 20:1](mechanism_features_2d.png)
-![angle and recall against imbalance](mechanism_curves.png)
-
-## 2. Paper setting, scaled down: synthetic face identities
-
-40 training identities (32x32 renders, pose, expression and light varied), the first 20 with 100 images, the
-other 20 with 100/r; the paper's fine-tuning protocol (a softmax baseline, 800 steps; then each loss, 400 steps,
-lr 0.01, class vectors starting at the class centres). Minority recall on a balanced closed-set test
-(20 images per identity); verification on 60 unseen identities, 600 pairs in 10 identity-disjoint folds written
-as an LFW `pairs.txt` and read back with the LFW reader (softmax reference: {", ".join(f"{soft[r]:.3f} at {r}:1" for r in RATIOS)}).
-IR minority recall higher than the plain head: {_fraction(summary['faces_recall'])} rows (20:1 and 100:1);
-IR verification higher: {_fraction(summary['faces_verification'])} rows.
-
-![synthetic faces](faces_curves.png)
-"""
-    notes = """
-Rows: "ours" is the first method named, "baseline" the second; the paired difference is ours - baseline.
-Angles are between a class vector (weight or IR centre) and the Eq. 3 centre of that class's training
-features (eval mode), averaged over the minority classes. Paper values are directions (the paper reports no
-synthetic numbers); its real-data numbers are in `packages/ir-softmax/paper_results.yaml`.
-"""
-    write_results(rows, out, "IR-Softmax: small-scale claim checks (synthetic)", preamble, notes)
-    _figures(data, out)
-
-
-def _figures(data: dict, out: Path) -> None:
+def _figures(by: dict, n: int, runs: Path, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by, n = data["results"], data["args"]["seeds"]
     colors = {"softmax": "k", "asoftmax": "tab:blue", "ir_asoftmax": "tab:cyan", "amsoftmax": "tab:red",
               "ir_amsoftmax": "tab:orange"}
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
@@ -321,7 +321,6 @@ def _figures(data: dict, out: Path) -> None:
     fig.savefig(out / "faces_curves.png", dpi=100)
     plt.close(fig)
 
-    runs = Path(data.get("runs", ""))
     feats = {h: runs / f"mech_d2_r20_{h}_s0" / "features.npz" for h in HEADS}
     if all(p.is_file() for p in feats.values()):
         fig, axes = plt.subplots(1, len(HEADS), figsize=(4 * len(HEADS), 4))
@@ -342,8 +341,9 @@ def _figures(data: dict, out: Path) -> None:
         plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ir-softmax-reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/ir-softmax")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="parallel fit() processes, 1 thread each")
@@ -352,22 +352,43 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--faces-base-iterations", type=int, default=800)
     p.add_argument("--faces-iterations", type=int, default=400)
     p.add_argument("--quick", action="store_true", help="tiny run for tests")
-    p.add_argument("--render-only", action="store_true", help="re-render results.md and figures from results.json")
-    args = p.parse_args(argv)
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild the report from runs.json and provenance.json (no training)")
+    return p
 
+
+def report(records: list[dict], args, out: Path, provenance, runs: Path) -> Path:
+    """Write results.json / results.md / results.csv / provenance.json, runs.json and the figures."""
+    from shared.report import write_report
+
+    by = {r["key"]: r["metrics"] for r in records}
+    wall = provenance.to_dict()["wall_clock_s"] if hasattr(provenance, "to_dict") else provenance["wall_clock_s"]
+    sections, intro, notes, headline = build_sections(by, args.seeds, wall, args.workers)
+    _figures(by, args.seeds, runs, out)
+    (out / "runs.json").write_text(json.dumps({"runs_dir": str(runs), "runs": [{"key": r["key"], "metrics": r["metrics"]}
+                                                                            for r in records]}, indent=1, default=float) + "\n")
+    return write_report(out, "IR-Softmax: small-scale claim checks (synthetic data)", sections, intro=intro, notes=notes,
+                        provenance=provenance, headline=headline)
+
+
+@entry
+def main(argv: list[str] | None = None) -> None:
+    from shared.provenance import Provenance
+
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.render_only:
-        render(json.loads((out / "results.json").read_text()), out)
+        saved = json.loads((out / "runs.json").read_text())
+        prov = json.loads((out / "provenance.json").read_text())
+        report(saved["runs"], argparse.Namespace(**prov["args"]), out, prov, Path(saved["runs_dir"]))
         return
-    t_start = time.perf_counter()
-    by, runs = run_all(args)
-    wall = time.perf_counter() - t_start
-    data = {"results": by, "wall_seconds": wall, "args": vars(args), "runs": str(runs),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    (out / "results.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
-    render(data, out)
-    print(f"done in {wall:.0f} s; results in {out}", flush=True)
+    prov = Provenance(args, argv, threads=1, workers=args.workers, script="ir-softmax-reproduce")
+    records, runs = run_all(args)
+    for r in records:
+        prov.add_run(r["key"], r["config"], r["overrides"], config_module=CONFIG_MODULE)
+    md = report(records, args, out, prov, runs)
+    print(f"done in {prov.to_dict()['wall_clock_s']:.0f} s; report {md}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from shared.cli import hydra_main
+from shared.errors import ConfigError, check_choice, check_range, require
 from shared.runtime import (
     Progress,
-    autocast,
     epoch_loader,
     hydra_run_dir,
     maybe_resume,
@@ -41,10 +41,10 @@ from shared.runtime import (
     unwrap,
 )
 
-from .data import DataBundle, build_data, to_input
+from .data import DATASETS, DataBundle, build_data, to_input
 from .evaluation import reid_cmc_map, roc_curve, tar_at_far, verification_10fold
-from .heads import Head, build_head, class_centres
-from .models import create_backbone
+from .heads import CENTER_UPDATES, SCALES, Head, build_head, class_centres, list_heads
+from .models import create_backbone, list_backbones
 
 log = logging.getLogger("ir_softmax")
 
@@ -62,6 +62,56 @@ class EmbeddingModel(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
         emb = self.backbone(x)
         return emb if labels is None else (self.head(emb, labels), emb)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every registry name and value range of a run, checked before any data or model is built."""
+    check_choice("model.name", cfg.model.name, list_backbones())
+    check_choice("head.name", cfg.head.name, list_heads())
+    check_choice("data.name", cfg.data.name, DATASETS)
+    check_choice("optim.name", cfg.optim.name, ("sgd",))
+    check_choice("init_class_vectors", cfg.init_class_vectors, ("random", "centres"))
+    h = cfg.head
+    if "center_update" in h:
+        check_choice("head.center_update", h.center_update, CENTER_UPDATES)
+        check_range("head.center_lr", h.center_lr, 0, 1, lo_inclusive=False)
+        check_range("head.center_feature_weight", h.center_feature_weight, 0)
+        check_range("head.bank_size", h.bank_size, 1, integer=True)
+    if "scale" in h:
+        check_choice("head.scale", h.scale, SCALES)
+    if "s" in h:
+        check_range("head.s", h.s, 0, lo_inclusive=False)
+    if h.name in ("asoftmax", "ir_asoftmax"):
+        check_range("head.m", h.m, 1, integer=True)
+    elif "m" in h:
+        check_range("head.m", h.m, 0)
+    if h.get("blend"):
+        check_range("head.lambda_min", h.lambda_min, 0)
+        check_range("head.lambda_gamma", h.get("lambda_gamma"), 0, allow_none=True)
+    check_range("iterations", cfg.iterations, 1, integer=True, allow_none=True)
+    for key in ("epochs", "batch_size", "eval_batch_size", "eval_train_limit"):
+        check_range(key, cfg[key], 1, integer=True)
+    for key in ("eval_every", "center_refresh"):
+        check_range(key, cfg[key], 0, integer=True)
+    o = cfg.optim
+    check_range("optim.lr", o.lr, 0, lo_inclusive=False)
+    check_range("optim.momentum", o.momentum, 0, 1, hi_inclusive=False)
+    check_range("optim.weight_decay", o.weight_decay, 0)
+    check_range("optim.gamma", o.gamma, 0, 1, lo_inclusive=False)
+    for f in o.milestones:
+        check_range("optim.milestones[]", f, 0, 1, lo_inclusive=False)
+    d = cfg.data
+    for key in ("num_classes", "max_per_class", "test_per_class", "image_size", "dim"):
+        if key in d and not OmegaConf.is_list(d[key]):
+            check_range(f"data.{key}", d[key], 2 if key == "num_classes" else 1, integer=True)
+    if "imbalance_ratio" in d:
+        check_range("data.imbalance_ratio", d.imbalance_ratio, 1)
+    w = cfg.weights
+    require(w is None or Path(str(w)).expanduser().is_file(), f"weights={w!r} is not a file",
+            "pass weights=null or the path of a checkpoint (an ir-softmax last.pt) or a backbone state dict")
+    require(cfg.init_class_vectors == "random" or cfg.head.name != "softmax",
+            "init_class_vectors=centres needs a normalised-weight head, not softmax",
+            "use head=normface/asoftmax/amsoftmax/... or init_class_vectors=random")
 
 
 def head_options(hcfg: dict, total_steps: int) -> dict:
@@ -91,9 +141,6 @@ def load_weights(model: EmbeddingModel, path: str) -> None:
     from shared.runtime import load_checkpoint
 
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"weights={path}: no such file; give a checkpoint written by ir-softmax (last.pt) "
-                                "or a backbone state dict.")
     ckpt = load_checkpoint(p)
     state = ckpt.get("model", ckpt)
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")} or state
@@ -114,7 +161,8 @@ def init_class_vectors(model: EmbeddingModel, data: DataBundle, ctx, cfg: DictCo
     begin at the same place and differ only in how the class vectors move afterwards."""
     head = model.head
     if not hasattr(head, "is_ir"):
-        raise ValueError(f"init_class_vectors=centres needs a normalised-weight head, not {cfg.head.name!r}.")
+        raise ConfigError(f"init_class_vectors=centres needs a normalised-weight head, not {cfg.head.name!r}; "
+                          "use init_class_vectors=random")
     feats, labels = embed(model, data.train, ctx, cfg.eval_batch_size)
     centres, counts = class_centres(feats.double(), labels, data.num_classes)
     target = head.centres if head.is_ir else head.weight.data
@@ -130,8 +178,6 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, total_steps: int):
     """SGD with momentum and weight decay, learning rate / 10 at fractions of the run (SphereFace: 16k and
     24k of 28k iterations)."""
     o = cfg.optim
-    if o.name != "sgd":
-        raise ValueError(f"unknown optim.name {o.name!r}; expected sgd.")
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     milestones = sorted({max(1, int(round(f * total_steps))) for f in o.milestones})
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=o.gamma)
@@ -226,9 +272,8 @@ def evaluate(model: nn.Module, data: DataBundle, ctx, cfg: DictConfig) -> tuple[
 
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
+    validate(cfg)
+    ctx = start_run(cfg, out_dir)  # threads, device, seed + rank, amp (the heads compute in float32 inside it)
 
     # data -> model -> optimiser / schedule
     data = build_data(to_plain(cfg.data), cfg.cache_dir)
@@ -236,7 +281,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * world))
     total_steps = int(cfg.iterations) if cfg.iterations else cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    torch.manual_seed(cfg.seed)  # the same initial weights for every head within a seed (paired comparisons)
+    # start_run seeded torch with seed + rank just above: within a seed every head starts from the same backbone
     model, model_args = build_model(cfg, data, total_steps)
     if cfg.weights:
         load_weights(model, cfg.weights)
@@ -247,6 +292,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
              total_steps, epochs)
 
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, model, optimizer, scheduler, expect=model_args)
+    if ckpt:
+        ctx.amp.load_state_dict(ckpt.get("amp"))
     if not ckpt and cfg.init_class_vectors == "centres":
         init_class_vectors(model, data, ctx, cfg)
     step = ckpt["step"] if ckpt else 0
@@ -272,11 +319,11 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             x, y = to_input(x).to(ctx.device), y.to(ctx.device)
             if cfg.flip and data.kind == "image":
                 x = flip_batch(x)
-            with autocast(ctx.device, enabled=cfg.amp):
+            with ctx.amp.autocast():
                 loss, _ = model(x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            ctx.amp.backward(loss)
+            ctx.amp.step(optimizer)
             scheduler.step()
             step += 1
             if cfg.center_refresh and getattr(unwrap(model).head, "is_ir", False) and step % cfg.center_refresh == 0:
@@ -295,9 +342,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                             lr=scheduler.get_last_lr()[0], **metrics)
             log.info("epoch %d step %d: train loss %.4f | %s", epoch_done, step, loss_sum / max(seen, 1),
                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if ctx.is_main:
-            save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler,
-                                step=step, epoch=epoch_done, cfg=cfg, model_args=model_args)
+        save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler,
+                            step=step, epoch=epoch_done, cfg=cfg, model_args=model_args, amp=ctx.amp.state_dict())
 
     if not metrics:  # resumed a finished run: just evaluate
         metrics, arrays = evaluate(model, data, ctx, cfg)
@@ -359,7 +405,7 @@ def plot_features(arrays: dict, head: Head, data: DataBundle, path: Path) -> Non
     plt.close(fig)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 
