@@ -157,8 +157,11 @@ def _vals(by: dict, prefix: str, metric: str, seeds: int) -> list[float]:
     return [float(by[f"{prefix}|{s}"][metric]) for s in range(seeds)]
 
 
-def build_sections(by: dict, seeds: int, wall_s: float, workers: int) -> tuple[list, str, str, str]:
-    """The report (sections, intro, notes, headline) from the final metrics of every run (``by``: key -> metrics)."""
+def build_sections(by: dict, seeds: int, wall_s: float, workers: int, args=None) -> tuple[list, str, str, str]:
+    """The report (sections, intro, notes, headline) from the final metrics of every run (``by``: key -> metrics);
+    ``args`` (the parsed reproduce arguments; defaults when None) gives the step counts the text states."""
+    if args is None:
+        args = build_parser().parse_args([])
     from shared.metrics import mean_std
     from shared.report import Section
 
@@ -205,8 +208,8 @@ def build_sections(by: dict, seeds: int, wall_s: float, workers: int) -> tuple[l
                                      "IR stays flat", kind, digits))
     mech_text = f"""**Why the effect must show here if the code is right.** Ten Gaussian classes in R^16 (class k ~
 N(4 u_k, I), u_k random unit vectors); classes 7, 8 and 9 get 1/20 or 1/100 of the 1000 training samples of the
-others; an MLP (16-128-128) maps them to a 2-D or 16-D embedding. A softmax model is trained first (3000 steps of
-128, SGD 0.1, momentum 0.9, wd 5e-4); every head is then fine-tuned from it (2000 steps, lr 0.01) with every class
+others; an MLP (16-128-128) maps them to a 2-D or 16-D embedding. A softmax model is trained first ({args.mechanism_base_iterations} steps of
+128, SGD 0.1, momentum 0.9, wd 5e-4); every head is then fine-tuned from it ({args.mechanism_iterations} steps, lr 0.01) with every class
 vector starting at the Eq. 3 centre of its class's training features. From that common start the only
 difference between a plain head and its IR variant is how the class vectors move: by the loss gradient, whose
 second term (Eq. 2) pushes a minority class's vector away from the many samples of the other classes, or by the
@@ -254,7 +257,7 @@ what decides minority recall."""
     soft_rec = {r: mean_std(_vals(by, f"faces|{r}|softmax", "minority_recall", n))[0] for r in RATIOS}
     face_text = f"""Synthetic identities rendered by `shared.data.faces` (32x32; pose, expression and light vary; a new set of
 identities per seed). 40 training identities, the first 20 with 100 images, the other 20 with 100/r (a step long
-tail); the paper's fine-tuning protocol: a softmax baseline (800 steps of 64), then each loss for 400 steps at lr
+tail); the paper's fine-tuning protocol: a softmax baseline ({args.faces_base_iterations} steps of 64), then each loss for {args.faces_iterations} steps at lr
 0.01 with its class vectors starting at the class centres. Minority recall on a balanced closed-set test (20
 images per identity); open-set verification on 60 unseen identities, 600 pairs in 10 identity-disjoint folds
 written as an LFW `pairs.txt` and read back with the LFW reader, LFW protocol (threshold from the other nine
@@ -347,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/ir-softmax")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="parallel fit() processes, 1 thread each")
-    p.add_argument("--mechanism-base-iterations", type=int, default=3000)
-    p.add_argument("--mechanism-iterations", type=int, default=2000)
+    p.add_argument("--mechanism-base-iterations", type=int, default=2000)
+    p.add_argument("--mechanism-iterations", type=int, default=1500)
     p.add_argument("--faces-base-iterations", type=int, default=800)
     p.add_argument("--faces-iterations", type=int, default=400)
     p.add_argument("--quick", action="store_true", help="tiny run for tests")
@@ -363,7 +366,7 @@ def report(records: list[dict], args, out: Path, provenance, runs: Path) -> Path
 
     by = {r["key"]: r["metrics"] for r in records}
     wall = provenance.to_dict()["wall_clock_s"] if hasattr(provenance, "to_dict") else provenance["wall_clock_s"]
-    sections, intro, notes, headline = build_sections(by, args.seeds, wall, args.workers)
+    sections, intro, notes, headline = build_sections(by, args.seeds, wall, args.workers, args)
     _figures(by, args.seeds, runs, out)
     (out / "runs.json").write_text(json.dumps({"runs_dir": str(runs), "runs": [{"key": r["key"], "metrics": r["metrics"]}
                                                                             for r in records]}, indent=1, default=float) + "\n")
