@@ -282,9 +282,10 @@ project's rule (`shared.metrics.paired_verdict`: one-sided paired t-test at 5 % 
     notes = """"ours" is the first method named in a row, "baseline" the second; the paired numbers are ours - baseline.
 Paper values are the directions the paper claims (it reports no synthetic numbers); its real-data numbers are in
 `packages/ir-softmax/paper_results.yaml`."""
-    headline = (f"mechanism (synthetic): IR keeps minority class vectors at their centres ({count('angle')} angle rows "
-                f"hold) but minority recall holds in {count('recall')} rows; synthetic faces: IR minority recall "
-                f"{count('faces_recall')}, verification {count('faces_verification')} rows hold")
+    headline = (f"mechanism (synthetic): plain heads' minority class vectors drift with imbalance ({count('drift')} rows "
+                f"hold); IR keeps them nearer their centres in {count('angle')} rows and raises minority recall in "
+                f"{count('recall')}; synthetic faces: IR minority recall {count('faces_recall')}, verification "
+                f"{count('faces_verification')} rows hold")
     return sections, intro, notes, headline
 
 
