@@ -37,10 +37,11 @@ CONFIG_MODULE = "landmark_ambiguity.conf"
 LAMBDAS = (1.0, 0.1, 0.01)  # lambda 1 is the default; the others are the ablation
 
 # mechanism check: narrow poses (so the hourglass becomes precise), large ambiguity on the weak points
+# (400 faces: one epoch takes about 1.3 s at 1 thread, so a seed takes about 2 minutes)
 MECH = ["data.yaw=[-10,10]", "data.pitch=[-5,5]", "data.roll=[-10,10]", "data.ambiguity.tangent_std=0.3",
         "data.ambiguity.bias_std=0.1", "data.ambiguity.normal_std=0.02", "data.ambiguity.strong_std=0.02",
-        "epochs=40", "search.start_epoch=20", "search.every=5", "ghcu.enabled=false", "eval.every=5",
-        "eval.overlays=0"]
+        "data.train_size=400", "data.test_size=100", "epochs=50", "search.start_epoch=35", "search.every=5",
+        "ghcu.enabled=false", "eval.every=5", "eval.overlays=0"]
 # the paper-setting check runs the embedded default; only the schedule of evaluations is thinned
 PAPER = ["eval.every=5"]
 QUICK = ["data.train_size=32", "data.test_size=16", "model.width=8", "model.depth=2", "epochs=3",
@@ -50,9 +51,9 @@ QUICK = ["data.train_size=32", "data.test_size=16", "model.width=8", "model.dept
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/landmark-ambiguity", help="where the report goes")
-    ap.add_argument("--seeds", type=int, default=5, help="paired seeds of the mechanism check")
+    ap.add_argument("--seeds", type=int, default=3, help="paired seeds of the mechanism check (a seed: ~2 min)")
     ap.add_argument("--paper-seeds", type=int, default=3, help="paired seeds of the paper-setting check")
-    ap.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
+    ap.add_argument("--workers", type=int, default=1, help="seeds in parallel (one process each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     ap.add_argument("--quick", action="store_true", help="tiny scale for tests (not a result)")
     ap.add_argument("--work", default=None, help="run directories (default: $REPRO_RUNS/landmark-ambiguity/reproduce)")
@@ -73,8 +74,7 @@ def branches(kind: str, seed: int, quick: bool) -> dict[str, list[str]]:
     c = _common(kind, seed, quick)
     out = {"base": c + ["search.enabled=false"]}
     if kind == "mech":
-        for lam in LAMBDAS:
-            out[f"sa_lam{lam:g}"] = c + [f"search.lam={lam:g}"]
+        out["sa_lam1"] = c + ["search.lam=1"]  # the other lambdas: one search pass each on the same heatmaps
         out["oracle"] = c + ["search.enabled=false"]  # + the exact landmarks as labels (see _run_seed)
     else:
         out["sa"] = list(c)
@@ -257,10 +257,26 @@ same checkpoint): no label cleaning can gain more than the oracle does.
 Setting: {n_train} synthetic training faces (64 px, yaw +-10, pitch +-5, roll +-10 degrees, 16x16 heatmaps,
 hg2_w32), {n_test} test faces with exact labels; {epochs} epochs, phase 1 on the annotations until epoch
 {e1}, then each branch for {rest} epochs from the same checkpoint, search every {every} epochs. Paired
-seeds: {seeds}. Verdict rule (`shared.metrics.paired_verdict`): per seed the paired difference (ours minus
+seeds: {seeds} (3, not 5: a seed takes about two minutes on one CPU thread, and the whole reproduce must
+fit its budget). Verdict rule (`shared.metrics.paired_verdict`): per seed the paired difference (ours minus
 baseline); "holds" only when the mean clears a one-sided paired t-test at 5 % in the claimed direction
 (beyond the margin where one is given); "does not hold" when the test passes the other way; otherwise
 inconclusive."""
+
+
+def _headline(sections) -> str:
+    """One sentence for the root README: the mechanism check's label error and test NME verdicts, then the
+    paper-setting check's."""
+    parts = []
+    for sec in sections:
+        if sec.heading.startswith("Mechanism check: lambda"):
+            continue
+        tag = "mechanism check" if sec.heading.startswith("Mechanism") else "paper setting"
+        picks = (0, 4) if tag == "mechanism check" else (0, 2)  # weak-point label error / test NME; SA / GHCU
+        rows = [sec.rows[i] for i in picks if i < len(sec.rows)]
+        parts.append(f"{tag}: " + ", ".join(f"{r.setting.split(':')[0]} {r.metric} {np.mean(r.values):.3f} vs "
+                                            f"{np.mean(r.baseline):.3f} ({r.holds})" for r in rows))
+    return "synthetic faces; " + "; ".join(parts)
 
 
 def _report(args, done: list[dict], prov: Provenance, wall: float) -> None:
@@ -321,15 +337,11 @@ def _report(args, done: list[dict], prov: Provenance, wall: float) -> None:
                              _diag(done, f"search lam={lam:g}", "weak"), before_w, "lower"),
                 _verdict_row(f"lambda={lam:g}: search pass 1 vs the annotations, well-defined points", "label NME",
                              _diag(done, f"search lam={lam:g}", "strong"), before_s, "comparable", margin=0.01),
-                _verdict_row(f"lambda={lam:g}: HG+SA vs HG, test NME, weak points", "test NME",
-                             _col(done, "mech", f"sa_lam{lam:g}", "test_nme_weak"),
-                             _col(done, "mech", "base", "test_nme_weak"), "lower"),
-                _verdict_row(f"lambda={lam:g}: HG+SA vs HG, test NME, all points", "test NME",
-                             _col(done, "mech", f"sa_lam{lam:g}", "test_nme"), _col(done, "mech", "base", "test_nme"),
-                             "lower"),
             ]
         sections.append(Section("Mechanism check: lambda (weight of the chi-square likelihood)",
-                                text="The same seeds and phase-1 checkpoints; one branch per lambda. Small lambda "
+                                text="The same seeds and phase-1 networks: one search pass per lambda over the "
+                                     "training set from the annotations (label-error diagnostics; only lambda=1, the "
+                                     "default, is also trained on, to keep the run within its budget). Small lambda "
                                      "trusts the annotation (the prior), large lambda the network's heatmap.",
                                 rows=lam_rows))
     if paper:
@@ -377,7 +389,7 @@ def _report(args, done: list[dict], prov: Provenance, wall: float) -> None:
              "paper, so none is quoted as verified. This reproduction checks the mechanism and the direction of each "
              "claim on synthetic data.")
     write_report(out, "landmark-ambiguity: semantic alignment on synthetic faces", sections, intro=intro, notes=notes,
-                 provenance=prov)
+                 provenance=prov, headline=_headline(sections))
     (out / "raw.json").write_text(json.dumps(done, indent=1, default=str) + "\n")
 
 
