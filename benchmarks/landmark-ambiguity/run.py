@@ -8,7 +8,7 @@
 2. peak memory of the search as the set grows (fresh subprocess per variant): chunked (search.chunk=64)
    against one chunk holding the whole set.
 
-    uv run --package landmark-ambiguity python benchmarks/landmark-ambiguity/run.py [--rounds 5] [--threads 2]
+    uv run --package landmark-ambiguity python benchmarks/landmark-ambiguity/run.py [--rounds 5] [--threads 1]
 Writes benchmarks/landmark-ambiguity/{results.md,results.json,results.csv,provenance.json,ratios.png}.
 """
 
@@ -37,7 +37,7 @@ GOAL = 0.3
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(ap, out=str(HERE.relative_to(HERE.parents[1])), rounds=5, threads=2)
+    add_bench_args(ap, out=str(HERE.relative_to(HERE.parents[1])), rounds=5, threads=1)
     ap.add_argument("--n", type=int, default=800, help="training faces (the embedded default's train_size)")
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[100, 400, 1600],
                     help="set sizes for the search's peak memory (chunked; in one chunk only up to --one-chunk-max)")
