@@ -84,6 +84,9 @@ def test_aflw_sqlite_19_point_protocol(tmp_path):
     con.executemany("INSERT INTO FeatureCoords VALUES (?, ?, ?, ?)", rows)
     con.commit()
     con.close()
+    for rel in ("0/image1.jpg", "2/image2.jpg"):
+        (tmp_path / "flickr" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64)).save(tmp_path / "flickr" / rel)
     (tmp_path / "split").mkdir()
     (tmp_path / "split" / "full_test.txt").write_text("7\n")
     faces = read_aflw(tmp_path, "full_test")
@@ -96,6 +99,9 @@ def test_aflw_sqlite_19_point_protocol(tmp_path):
     assert len(read_aflw(tmp_path)) == 2
     with pytest.raises(DatasetNotFoundError, match="split"):
         read_aflw(tmp_path, "frontal_test")
+    (tmp_path / "flickr" / "2" / "image2.jpg").unlink()  # a listed image is missing: named before any training
+    with pytest.raises(DatasetNotFoundError, match="image2.jpg"):
+        read_aflw(tmp_path)
 
 
 def test_300vw_categories_and_frames(tmp_path):

@@ -67,3 +67,24 @@ def test_simulator_slides_weak_points_along_the_tangent_with_annotator_bias():
         rows = slide[ann == a][:, weak]
         assert np.allclose(rows, rows[0], atol=1e-4)
     assert not np.allclose(slide[ann == 0][0, weak], slide[ann == 1][0, weak])
+
+
+def test_ced_axis_comes_from_the_data(tmp_path):
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0, 0.05, 100)
+    bad = rng.uniform(0.05, 0.3, 100)  # most images fail at 0.08
+    assert M.ced_axis_limit({"a": good}, 0.08) == 0.08  # never below the threshold
+    lim = M.ced_axis_limit({"a": good, "b": bad}, 0.08)
+    assert np.quantile(bad, 0.99) <= lim < np.quantile(bad, 0.99) + 0.02 + 1e-12
+    assert lim == pytest.approx(round(lim / 0.02) * 0.02)
+    path = M.plot_ced({"a": good, "b": bad}, tmp_path / "ced.png", 0.08)
+    assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_nme_counts_only_masked_points_and_box_norm():
+    gt = torch.zeros(2, 4, 2, dtype=torch.float64)
+    pred = gt.clone()
+    pred[:, 0, 0] = 2.0  # point 0 off by 2 px in both images
+    mask = torch.tensor([[True, True, False, False], [False, True, True, True]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 16.0], [0.0, 0.0, 10.0, 10.0]])
+    np.testing.assert_allclose(M.nme(pred, gt, "box", boxes, mask).numpy(), [1.0 / 8, 0.0])

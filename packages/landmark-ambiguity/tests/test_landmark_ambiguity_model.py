@@ -1,5 +1,8 @@
 """Hourglass and GHCU: gradients reach every parameter; GHCU repairs a blanked landmark from the face shape."""
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +50,71 @@ def test_ghcu_repairs_a_landmark_whose_heatmap_is_blanked():
     err_argmax = (decode(test)[:, k] - pts[1600:, k]).norm(dim=-1).mean()
     assert err_argmax > 3  # a blank heatmap decodes to its corner
     assert err_ghcu < 1.0, err_ghcu  # the face shape pins the chin to within a heatmap pixel
+
+
+def test_coordinate_conventions_have_exact_known_values():
+    from landmark_ambiguity.heatmaps import from_unit, to_image, to_unit
+
+    # stride 4: the centre of heatmap cell 0 covers image pixels 0..3, whose centre is x = 1.5
+    pts = torch.tensor([[[1.5, 5.5], [-0.5, 63.5]]], dtype=torch.float64)
+    torch.testing.assert_close(to_heatmap(pts, 4), torch.tensor([[[0.0, 1.0], [-0.5, 15.5]]], dtype=torch.float64))  # image edges -> map edges
+    torch.testing.assert_close(to_heatmap(pts, 2), torch.tensor([[[0.5, 2.5], [-0.5, 31.5]]], dtype=torch.float64))
+    torch.testing.assert_close(to_image(to_heatmap(pts, 4), 4), pts)
+    # GHCU units: (x_hm + 0.5) / W, (y_hm + 0.5) / H; cell 0's centre is 0.5 / W, the map's bottom edge is 1
+    hm = torch.tensor([[[0.0, 7.5], [-0.5, 7.0]]], dtype=torch.float64)  # (x, y) on an 8 x 16 map
+    torch.testing.assert_close(to_unit(hm, (8, 16)), torch.tensor([[[1 / 32, 1.0], [0.0, 7.5 / 8]]], dtype=torch.float64))
+    torch.testing.assert_close(from_unit(to_unit(hm, (8, 16)), (8, 16)), hm)
+
+
+def test_ghcu_predict_decodes_its_units_exactly():
+    """A GHCU that outputs the unit coordinates of known points must give those points back in image px."""
+    from landmark_ambiguity.heatmaps import to_unit
+    from landmark_ambiguity.train import ghcu_predict
+
+    pts = torch.tensor([[[10.0, 20.0], [33.5, 2.25]]])
+    unit = to_unit(to_heatmap(pts, 4), (16, 16))
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return unit.expand(len(x), -1, -1)
+
+    torch.testing.assert_close(ghcu_predict(Fixed(), torch.zeros(3, 2, 16, 16), 4, "cpu"), pts.expand(3, -1, -1))
+
+
+def test_ghcu_output_is_centred_on_the_heatmap():
+    """With zero weights in its last layer the GHCU predicts the heatmap centre (the +0.5 offset)."""
+    g = build_ghcu(3, 8, (8,), 16)
+    torch.nn.init.zeros_(g.mlp[-1].weight)
+    torch.nn.init.zeros_(g.mlp[-1].bias)
+    torch.testing.assert_close(g(torch.rand(2, 3, 8, 8)), torch.full((2, 3, 2), 0.5))
+
+
+def test_heatmap_target_peaks_exactly_at_the_label():
+    pts = torch.tensor([[[3.0, 5.0], [2.25, 4.5]]], dtype=torch.float64)
+    hm = gaussian_heatmaps(pts, (8, 8), 1.5)
+    assert hm[0, 0, 5, 3] == 1.0 and hm[0, 0].argmax() == 5 * 8 + 3
+    # separable Gaussian with the given sigma: value one cell away along x
+    assert hm[0, 0, 5, 4].item() == pytest.approx(math.exp(-1 / (2 * 1.5 ** 2)))
+    assert hm[0, 1, 4, 2].item() == pytest.approx(math.exp(-(0.25 ** 2 + 0.5 ** 2) / (2 * 1.5 ** 2)))
+
+
+def test_decode_quarter_pixel_shift_toward_the_higher_neighbour():
+    hm = torch.zeros(1, 3, 5, 5)
+    hm[0, 0, 2, 2], hm[0, 0, 2, 3], hm[0, 0, 1, 2] = 1.0, 0.5, 0.2  # right and up are higher
+    hm[0, 1, 2, 2], hm[0, 1, 2, 1], hm[0, 1, 3, 2] = 1.0, 0.5, 0.2  # left and down
+    hm[0, 2, 0, 4] = 1.0  # on the border: no shift
+    torch.testing.assert_close(decode(hm), torch.tensor([[[2.25, 1.75], [1.75, 2.25], [4.0, 0.0]]]))
+
+
+def test_hourglass_supervises_every_stack_and_feeds_heatmaps_forward():
+    """Intermediate supervision: one output per stack; stack 2 sees stack 1's heatmaps (changing the first
+    head changes the second output), and stack 1 does not see stack 2."""
+    torch.manual_seed(0)
+    m = build_model("hg2_w32", num_landmarks=4, width=8, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    a = m(x)
+    with torch.no_grad():
+        m.heads[0].bias += 1.0
+    b = m(x)
+    assert len(a) == 2 and not torch.allclose(a[1], b[1])
+    torch.testing.assert_close(a[0] + 1.0, b[0])

@@ -136,3 +136,58 @@ def test_bad_shapes_are_a_clear_error():
         latent_search(torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 2))
     with pytest.raises(ValueError, match="lam"):
         SearchConfig(lam=-1)
+
+
+def test_chunks_give_the_same_labels_as_one_pass():
+    torch.manual_seed(3)
+    hm = torch.rand(7, 5, 16, 16) ** 3
+    obs = torch.rand(7, 5, 2) * 14
+    whole = latent_search(hm, obs, SearchConfig(chunk=100), return_cost=True)
+    for chunk in (1, 3):
+        part = latent_search(hm, obs, SearchConfig(chunk=chunk), return_cost=True)
+        torch.testing.assert_close(part[0], whole[0], rtol=0, atol=0)
+        torch.testing.assert_close(part[1], whole[1], rtol=0, atol=0)
+
+
+def test_paper_size_window_on_64x64_maps_equals_the_reference():
+    """The paper's 17x17 window (radius 8) on 64x64 heatmaps, including a landmark near the border."""
+    torch.manual_seed(4)
+    pts = torch.tensor([[[30.0, 20.0], [2.0, 61.0]]])
+    hm = gaussian_heatmaps(pts, (64, 64), 1.0) + 0.02 * torch.rand(1, 2, 64, 64)
+    obs = pts + torch.tensor([[[5.0, -3.0], [-4.0, 2.0]]])
+    cfg = SearchConfig(sigma_prior=3.0, lam=1.0, window_radius=8, sigma_e=1.0, patch_radius=3, subpixel=1)
+    y = latent_search(hm.double(), obs.double(), cfg)
+    torch.testing.assert_close(y, _brute_force(hm, obs.double(), cfg))
+    assert (y - obs).abs().amax() > 2  # the likelihood pulled the labels toward the peaks
+
+
+def _peak_mib(fn) -> float:
+    """Peak resident memory (MiB) that ``fn`` adds to this process (Linux VmHWM after a reset)."""
+    import gc
+    from pathlib import Path
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    fn()
+    hwm = next(int(ln.split()[1]) * 1024 for ln in Path("/proc/self/status").read_text().splitlines()
+               if ln.startswith("VmHWM:"))
+    return (hwm - base) / 2 ** 20
+
+
+def test_peak_memory_is_bounded_by_the_chunk_not_the_set():
+    import os
+
+    if not os.path.exists("/proc/self/clear_refs") or not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    torch.manual_seed(5)
+    small, large = torch.rand(32, 16, 16, 16), torch.rand(256, 16, 16, 16)
+    obs_s, obs_l = torch.rand(32, 16, 2) * 15, torch.rand(256, 16, 2) * 15
+    cfg = SearchConfig(chunk=16)
+    latent_search(small, obs_s, cfg)  # warm-up (lazy initialisation, allocator)
+    p_small = _peak_mib(lambda: latent_search(small, obs_s, cfg))
+    p_large = _peak_mib(lambda: latent_search(large, obs_l, cfg))
+    p_whole = _peak_mib(lambda: latent_search(large, obs_l, SearchConfig(chunk=256)))
+    assert p_whole > 40, p_whole  # without chunks the intermediates grow with the set (8x the images)...
+    assert p_large < 1.5 * p_small + 4, (p_small, p_large)  # ... with chunks they do not
+    assert p_whole > 3 * p_large, (p_large, p_whole)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from shared.data import DatasetNotFoundError
+from shared.data.readers import check_files_exist, load_image
+from shared.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 from shared.data.faces import FaceBatch, generate_faces
 
 from .ambiguity import AmbiguityConfig, simulate_annotations
@@ -50,12 +51,17 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
         n = int(next(ln for ln in lines if ln.startswith("n_points")).split(":")[1])
         start, end = lines.index("{"), lines.index("}")
     except (StopIteration, ValueError, IndexError) as e:
-        raise ValueError(f"{path} is not a .pts file: expected 'version: 1', 'n_points: N', '{{', N lines "
-                         f"'x y', '}}'.") from e
+        raise DatasetFormatError(f"{path} is not a .pts file (expected 'version: 1', 'n_points: N', '{{', N lines "
+                                 f"'x y', '}}'); replace the file with the publisher's copy") from e
     body = lines[start + 1:end]
     if len(body) != n:
-        raise ValueError(f"{path}: n_points says {n} but {len(body)} coordinate lines are between the braces.")
-    pts = np.array([[float(v) for v in ln.split()[:2]] for ln in body], dtype=np.float32)
+        raise DatasetFormatError(f"{path}: n_points says {n} but {len(body)} coordinate lines are between the "
+                                 f"braces; replace the file with the publisher's copy")
+    try:
+        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in body], dtype=np.float32).reshape(n, 2)
+    except ValueError as e:
+        raise DatasetFormatError(f"{path}: a coordinate line is not 'x y' ({e}); replace the file with the "
+                                 f"publisher's copy") from e
     return pts - 1.0
 
 
@@ -92,6 +98,7 @@ def _image_for(pts: Path) -> Path | None:
 W300_SETS = {"afw": "afw", "helen_trainset": "helen/trainset", "lfpw_trainset": "lfpw/trainset",
              "helen_testset": "helen/testset", "lfpw_testset": "lfpw/testset", "ibug": "ibug",
              "300W_indoor": "300W/01_Indoor", "300W_outdoor": "300W/02_Outdoor"}
+BOX_SOURCES = ("landmarks", "detector", "ground_truth")
 W300_SPLITS = {"train": ("afw", "helen_trainset", "lfpw_trainset"), "common": ("helen_testset", "lfpw_testset"),
                "challenging": ("ibug",), "full": ("helen_testset", "lfpw_testset", "ibug"),
                "test": ("300W_indoor", "300W_outdoor")}
@@ -103,7 +110,9 @@ def read_300w_boxes(mat_path: Path, kind: str = "bb_detector") -> dict[str, np.n
 
     data = loadmat(mat_path, squeeze_me=True, struct_as_record=False)
     if "bounding_boxes" not in data:
-        raise ValueError(f"{mat_path}: no 'bounding_boxes' variable (found {sorted(k for k in data if not k.startswith('_'))}).")
+        raise DatasetFormatError(f"{mat_path}: no 'bounding_boxes' variable (found "
+                                 f"{sorted(k for k in data if not k.startswith('_'))}); re-download bounding_boxes.zip "
+                                 f"from {IBUG_URL}")
     out = {}
     for entry in np.atleast_1d(data["bounding_boxes"]):
         out[str(entry.imgName)] = np.asarray(getattr(entry, kind), dtype=np.float32) - 1.0
@@ -114,9 +123,9 @@ def read_300w(root: str | os.PathLike, split: str, box_source: str = "landmarks"
     """300W samples of one split. ``box_source``: ``landmarks`` (tight box of the 68 points, the
     common practice), ``detector`` or ``ground_truth`` (iBUG's ``Bounding Boxes/*.mat``)."""
     if split not in W300_SPLITS:
-        raise ValueError(f"unknown 300W split {split!r}; choose one of {sorted(W300_SPLITS)}.")
-    if box_source not in ("landmarks", "detector", "ground_truth"):
-        raise ValueError(f"box_source={box_source!r}: use landmarks, detector or ground_truth.")
+        raise ConfigError(f"unknown 300W split {split!r}; choose one of {', '.join(sorted(W300_SPLITS))}")
+    if box_source not in BOX_SOURCES:
+        raise ConfigError(f"box_source={box_source!r} is not a known name; use landmarks, detector or ground_truth")
     root = Path(root)
     samples: list[LandmarkSample] = []
     for name in W300_SPLITS[split]:
@@ -138,7 +147,8 @@ def read_300w(root: str | os.PathLike, split: str, box_source: str = "landmarks"
                 raise DatasetNotFoundError("300W", f"an image next to {p.name}", folder, f"re-extract from {IBUG_URL}")
             pts = read_pts(p)
             if len(pts) != 68:
-                raise ValueError(f"{p}: 300W needs 68 points, found {len(pts)}.")
+                raise DatasetFormatError(f"{p}: 300W needs 68 points, found {len(pts)}; replace the file with the "
+                                         f"publisher's copy")
             box = boxes.get(img.name, landmark_box(pts)) if boxes else landmark_box(pts)
             samples.append(LandmarkSample(img, pts, box))
     return samples
@@ -150,8 +160,9 @@ AFLW_EARS = (13, 17)  # 1-based feature ids of the ears, dropped by the 19-point
 def read_aflw(root: str | os.PathLike, split: str | None = None) -> list[LandmarkSample]:
     """AFLW faces with the 19-point protocol from ``aflw.sqlite`` (+ ``split/<split>.txt`` face ids).
 
-    Missing points (AFLW annotates only visible ones) get ``visible=False`` and coordinates 0.
-    The face box is the sqlite ``FaceRect`` (x, y, w, h)."""
+    Missing points (AFLW annotates only visible ones) get ``visible=False`` (the annotation mask: they are
+    left out of the loss, the search and the NME) and coordinates 0. The face box is the sqlite
+    ``FaceRect`` (x, y, w, h). Every listed image is checked to exist when the split is read."""
     root = Path(root)
     db = root / "aflw.sqlite"
     if not db.is_file():
@@ -164,7 +175,8 @@ def read_aflw(root: str | os.PathLike, split: str | None = None) -> list[Landmar
                             "JOIN FaceRect ON Faces.face_id = FaceRect.face_id").fetchall()
         coords = con.execute("SELECT face_id, feature_id, x, y FROM FeatureCoords").fetchall()
     except sqlite3.DatabaseError as e:
-        raise ValueError(f"{db} is not the AFLW database (tables Faces, FaceImages, FaceRect, FeatureCoords): {e}") from e
+        raise DatasetFormatError(f"{db} is not the AFLW database (tables Faces, FaceImages, FaceRect, FeatureCoords: "
+                                 f"{e}); request the original aflw.sqlite from {AFLW_URL}") from e
     finally:
         con.close()
     keep = [f for f in range(1, 22) if f not in AFLW_EARS]
@@ -188,6 +200,8 @@ def read_aflw(root: str | os.PathLike, split: str | None = None) -> list[Landmar
             continue
         out.append(LandmarkSample(root / "flickr" / fp, pts[face_id], np.array([x, y, x + w, y + h], np.float32),
                                   vis[face_id]))
+    check_files_exist([s.image for s in out], lst if split is not None else db, "AFLW images",
+                      f"extract the flickr/ folders of AFLW ({AFLW_URL}) next to aflw.sqlite")
     return out
 
 
@@ -204,7 +218,7 @@ def read_300vw(root: str | os.PathLike, split: str, every: int = 1) -> list[Land
     ``every``: keep every n-th annotated frame."""
     root = Path(root)
     if split not in ("A", "B", "C", "train"):
-        raise ValueError(f"unknown 300-VW split {split!r}; choose A, B, C or train.")
+        raise ConfigError(f"unknown 300-VW split {split!r}; choose A, B, C or train")
     videos = sorted(p for p in root.glob("[0-9][0-9][0-9]") if (p / "annot").is_dir()) if root.is_dir() else []
     if not videos:
         raise DatasetNotFoundError("300-VW", "video folders NNN/annot/*.pts", root, f"download 300-VW from {IBUG_URL}")
@@ -224,7 +238,8 @@ def read_300vw(root: str | os.PathLike, split: str, every: int = 1) -> list[Land
 
 def crop_samples(samples: list[LandmarkSample], size: int, box_scale: float = 1.25) -> dict[str, torch.Tensor]:
     """Square crops around each face box (enlarged by ``box_scale``), resized to ``size``; landmarks
-    mapped into crop pixels. Returns uint8 images (N, 3, S, S), landmarks (N, K, 2), visible, boxes."""
+    mapped into crop pixels. Returns uint8 images (N, 3, S, S), landmarks (N, K, 2), ``annotated`` (N, K)
+    (False where the dataset has no annotation for a point, e.g. AFLW), boxes (N, 4)."""
     from PIL import Image
 
     imgs, lms, vis, boxes = [], [], [], []
@@ -234,15 +249,18 @@ def crop_samples(samples: list[LandmarkSample], size: int, box_scale: float = 1.
         k = size / side
         # image pixel centre p maps to crop pixel centre (p - (c - side/2) + 0.5) * k - 0.5
         left, top = c - side / 2 - 0.5
-        with Image.open(s.image) as im:
-            crop = im.convert("RGB").transform((size, size), Image.Transform.AFFINE,
+        with load_image(s.image) as im:
+            crop = im.transform((size, size), Image.Transform.AFFINE,
                                                (1 / k, 0, left + 0.5, 0, 1 / k, top + 0.5), Image.Resampling.BILINEAR)
         imgs.append(torch.from_numpy(np.array(crop)).permute(2, 0, 1))
         lm = (s.landmarks - [left, top]) * k - 0.5
         lms.append(torch.from_numpy(lm.astype(np.float32)))
         vis.append(torch.ones(len(lm), dtype=torch.bool) if s.visible is None else torch.from_numpy(s.visible))
         boxes.append(torch.from_numpy(((s.box.reshape(2, 2) - [left, top]) * k - 0.5).reshape(-1).astype(np.float32)))
-    return {"images": torch.stack(imgs), "landmarks": torch.stack(lms), "visible": torch.stack(vis),
+    if not imgs:
+        raise DatasetNotFoundError("landmark dataset", "at least one annotated face in the split", Path("."),
+                                   "check the split lists")
+    return {"images": torch.stack(imgs), "landmarks": torch.stack(lms), "annotated": torch.stack(vis),
             "boxes": torch.stack(boxes)}
 
 
@@ -252,12 +270,13 @@ def crop_samples(samples: list[LandmarkSample], size: int, box_scale: float = 1.
 def _batch_to_tensors(b: FaceBatch) -> dict[str, torch.Tensor]:
     return {"images": torch.from_numpy(b.images).permute(0, 3, 1, 2).contiguous(),
             "landmarks": torch.from_numpy(b.landmarks), "visible": torch.from_numpy(b.visible),
-            "boxes": torch.from_numpy(b.boxes)}
+            "annotated": torch.ones(b.landmarks.shape[:2], dtype=torch.bool), "boxes": torch.from_numpy(b.boxes)}
 
 
-def synthetic_splits(cfg) -> dict[str, dict[str, torch.Tensor]]:
-    """Train (with simulated ambiguous ``labels``), test (exact labels) and occluded-test sets of
-    synthetic faces. ``cfg`` is the ``data`` config node."""
+def synthetic_splits(cfg) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Train (with simulated ambiguous ``labels``) and the test splits ``test`` (exact labels) and
+    ``occluded`` (one occluder per face; ``visible`` marks the points it leaves visible) of synthetic
+    faces. ``cfg`` is the ``data`` config node. Every point is annotated (as in 300W)."""
     common = dict(num_identities=cfg.num_identities, yaw=tuple(cfg.yaw), pitch=tuple(cfg.pitch), roll=tuple(cfg.roll))
     render = dict(identity_seed=cfg.identity_seed, supersample=cfg.supersample, noise=cfg.noise)
     train = _batch_to_tensors(generate_faces(cfg.train_size, cfg.image_size, seed=cfg.seed, **render, **common))
@@ -267,23 +286,29 @@ def synthetic_splits(cfg) -> dict[str, dict[str, torch.Tensor]]:
     amb = AmbiguityConfig(**{k: (tuple(v) if k == "weak_groups" else v) for k, v in cfg.ambiguity.items()})
     labels, annotators = simulate_annotations(train["landmarks"].numpy(), amb, seed=cfg.seed + 3)
     train["labels"], train["annotators"] = torch.from_numpy(labels), torch.from_numpy(annotators)
-    return {"train": train, "test": test, "test_occluded": occ}
+    return train, {"test": test, "occluded": occ}
 
 
-def real_splits(cfg) -> dict[str, dict[str, torch.Tensor]]:
-    """Train/test crops of a real dataset (labels = the human annotations)."""
+#: split names each reader knows (AFLW splits are the names of its split lists, any name)
+KNOWN_SPLITS = {"300w": tuple(W300_SPLITS), "300vw": ("train", "A", "B", "C")}
+
+
+def real_splits(cfg) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Train/test crops of a real dataset (``labels`` = the human annotations), one test split per entry of
+    ``cfg.test_splits`` (300W common/challenging/full, AFLW full/frontal, 300-VW A/B/C)."""
     from shared.data import data_root
 
     root = Path(cfg.root) if cfg.get("root") else data_root(cfg.name)
     reader = {"300w": lambda s: read_300w(root, s, cfg.get("box_source", "landmarks")),
               "aflw": lambda s: read_aflw(root, s), "300vw": lambda s: read_300vw(root, s, cfg.get("every", 1))}
     if cfg.name not in reader:
-        raise ValueError(f"unknown dataset {cfg.name!r}; choose synthetic, 300w, aflw or 300vw.")
-    out = {}
+        raise ConfigError(f"data.name={cfg.name!r} is not a known dataset; use synthetic, 300w, aflw or 300vw")
     train = crop_samples(reader[cfg.name](cfg.train_split), cfg.image_size, cfg.box_scale)
     train["labels"] = train["landmarks"].clone()
-    out["train"] = train
-    for split in cfg.test_splits:
-        out[f"test_{split}"] = crop_samples(reader[cfg.name](split), cfg.image_size, cfg.box_scale)
-    out["test"] = out[f"test_{cfg.test_splits[0]}"]
-    return out
+    tests = {split: crop_samples(reader[cfg.name](split), cfg.image_size, cfg.box_scale) for split in cfg.test_splits}
+    return train, tests
+
+
+def build_data(cfg) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """``(train, tests)`` for the ``data`` config node: synthetic faces or a real dataset's crops."""
+    return synthetic_splits(cfg) if cfg.name == "synthetic" else real_splits(cfg)

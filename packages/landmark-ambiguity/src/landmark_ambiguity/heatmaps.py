@@ -1,8 +1,9 @@
-"""Gaussian heatmap targets and their decoding.
+"""Gaussian heatmap targets, their decoding, the heatmap loss and the GHCU's coordinate units.
 
 Coordinates: image pixel ``(row i, col j)`` has centre ``(x=j, y=i)``; a heatmap of stride ``s``
 has cell centres at image coordinates ``s * x_hm + (s - 1) / 2``, i.e.
-``x_hm = (x + 0.5) / s - 0.5``.
+``x_hm = (x + 0.5) / s - 0.5``. The GHCU regresses ``(x_hm + 0.5) / W`` (0 and 1 are the outer
+edges of the heatmap, the centre of cell 0 is ``0.5 / W``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ import torch
 
 
 def to_heatmap(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Image pixel coordinates -> heatmap coordinates (pixel centres map to cell centres)."""
     return (points + 0.5) / stride - 0.5
 
 
 def to_image(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Heatmap coordinates -> image pixel coordinates (the inverse of :func:`to_heatmap`)."""
     return (points + 0.5) * stride - 0.5
+
+
+def to_unit(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Heatmap coordinates -> the GHCU's unit coordinates ``(x + 0.5) / W``, ``(y + 0.5) / H``."""
+    h, w = size
+    return (points + 0.5) / points.new_tensor([w, h])
+
+
+def from_unit(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The GHCU's unit coordinates -> heatmap coordinates (the inverse of :func:`to_unit`)."""
+    h, w = size
+    return points * points.new_tensor([w, h]) - 0.5
 
 
 def gaussian_heatmaps(points: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
@@ -29,6 +44,18 @@ def gaussian_heatmaps(points: torch.Tensor, size: tuple[int, int], sigma: float)
     gx = torch.exp(-((xs - points[..., 0, None]) ** 2) / (2 * sigma ** 2))  # (N, K, W)
     gy = torch.exp(-((ys - points[..., 1, None]) ** 2) / (2 * sigma ** 2))  # (N, K, H)
     return gy[..., :, None] * gx[..., None, :]
+
+
+def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Intermediate supervision: for every stack, the squared error summed over points and cells and
+    averaged over images; summed over stacks. Points with ``mask`` False (no annotation, e.g. AFLW's
+    invisible points) contribute nothing."""
+    w = None if mask is None else mask.to(target.dtype)[..., None, None]
+    total = target.new_zeros(())
+    for out in outputs:
+        se = (out.float() - target) ** 2
+        total = total + (se if w is None else se * w).sum() / len(target)
+    return total
 
 
 def decode(heatmaps: torch.Tensor) -> torch.Tensor:

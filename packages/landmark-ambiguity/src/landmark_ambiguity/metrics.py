@@ -9,6 +9,7 @@ Normalisations (0-based indices, 68-point iBUG order):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def normaliser(gt: torch.Tensor, norm: str, boxes: torch.Tensor | None = None) -
         return (gt[:, 36:42].mean(1) - gt[:, 42:48].mean(1)).norm(dim=-1)
     if norm == "box":
         if boxes is None:
-            raise ValueError("norm='box' needs boxes (N, 4) as x0, y0, x1, y1.")
+            raise ValueError("norm='box' needs boxes (N, 4) as x0, y0, x1, y1")
         return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp_min(0).sqrt()
     raise ValueError(f"unknown NME normalisation {norm!r}; choose one of {NORMS}.")
 
@@ -77,19 +78,33 @@ def summary(errors, threshold: float = 0.08, prefix: str = "") -> dict[str, floa
             f"{prefix}fr{threshold:g}": failure_rate(e, threshold)}
 
 
-def plot_ced(curves: dict[str, np.ndarray], path: str | Path, max_error: float = 0.08, title: str = "") -> Path:
+def ced_axis_limit(curves: dict[str, np.ndarray], threshold: float = 0.08, coverage: float = 0.99) -> float:
+    """The CED plot's x-axis end, chosen from the data: at least ``threshold``, and far enough to show
+    ``coverage`` of every curve's images (rounded up to a step of threshold / 4)."""
+    errs = [np.asarray(e, dtype=np.float64) for e in curves.values() if len(e)]
+    top = max([threshold] + [float(np.quantile(e[np.isfinite(e)], coverage)) for e in errs if np.isfinite(e).any()])
+    step = threshold / 4
+    return float(math.ceil(top / step - 1e-9) * step)
+
+
+def plot_ced(curves: dict[str, np.ndarray], path: str | Path, threshold: float = 0.08, title: str = "",
+             max_error: float | None = None) -> Path:
+    """CED curves; the x-axis ends at ``max_error`` or, by default, where the data needs it
+    (:func:`ced_axis_limit`); the legend's AUC and the dotted line are at ``threshold``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    limit = ced_axis_limit(curves, threshold) if max_error is None else max_error
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, errors in curves.items():
-        t, f = ced(errors, max_error)
-        ax.plot(t, f, label=f"{name} (AUC {auc(errors, max_error):.3f})")
+        t, f = ced(errors, limit, 401)
+        ax.plot(t, f, label=f"{name} (AUC@{threshold:g} {auc(errors, threshold):.3f})")
+    ax.axvline(threshold, color="k", lw=0.7, ls=":")
     ax.set_xlabel("NME")
     ax.set_ylabel("fraction of images")
-    ax.set_xlim(0, max_error)
+    ax.set_xlim(0, limit)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -11,6 +11,7 @@ import math
 from typing import Callable
 
 import torch
+from shared.errors import ConfigError
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -32,7 +33,7 @@ def list_models() -> list[str]:
 
 def build_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.")
+        raise ConfigError(f"model {name!r} is not a known name; use one of: {', '.join(list_models())}")
     return _MODELS[name](**kwargs)
 
 
@@ -80,9 +81,10 @@ class StackedHourglass(nn.Module):
                  stride: int = 4, in_channels: int = 3):
         super().__init__()
         if stride not in (2, 4):
-            raise ValueError(f"stride={stride}: the stem supports output strides 2 and 4.")
+            raise ConfigError(f"stride={stride} is not supported; the stem supports output strides 2 and 4")
         if num_stacks < 1 or width < 2 or depth < 1:
-            raise ValueError(f"num_stacks={num_stacks}, width={width}, depth={depth} must be >= 1, >= 2, >= 1.")
+            raise ConfigError(f"num_stacks={num_stacks}, width={width}, depth={depth} are out of range; "
+                              f"use num_stacks >= 1, width >= 2, depth >= 1")
         half = max(width // 2, 1)
         stem = [nn.Conv2d(in_channels, half, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(half),
                 nn.ReLU(inplace=True)]
