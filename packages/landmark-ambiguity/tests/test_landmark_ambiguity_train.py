@@ -124,3 +124,32 @@ def test_every_experiment_composes_and_validates():
     assert splits["300w_hg4_sa_ghcu"] == ["common", "challenging", "full"]
     assert splits["aflw_hg4_sa_ghcu"] == ["full_test", "frontal_test"]
     assert splits["300vw_hg4_sa_ghcu"] == ["A", "B", "C"]
+
+
+def test_the_ghcu_is_supervised_by_the_searched_labels(tmp_path, monkeypatch):
+    """The GHCU's regression targets are the searched labels that training ended with (saved in last.pt),
+    not the original annotations: both the argument fit() passes and the heatmaps train_ghcu builds from it."""
+    import landmark_ambiguity.train as tr
+
+    seen: dict = {}
+    real_train_ghcu, real_to_heatmap = tr.train_ghcu, tr.to_heatmap
+
+    def recording_train_ghcu(hg, train, labels, *args, **kwargs):
+        seen["annotations"] = train["labels"].clone()
+
+        def recording_to_heatmap(points, stride):
+            seen.setdefault("targets", points.clone())
+            return real_to_heatmap(points, stride)
+
+        monkeypatch.setattr(tr, "to_heatmap", recording_to_heatmap)
+        try:
+            return real_train_ghcu(hg, train, labels, *args, **kwargs)
+        finally:
+            monkeypatch.setattr(tr, "to_heatmap", real_to_heatmap)
+
+    monkeypatch.setattr(tr, "train_ghcu", recording_train_ghcu)
+    a = tmp_path / "a"
+    fit(_cfg(["search.lam=50"]), a)
+    searched = _weights(a / "last.pt")["labels"]
+    assert not torch.equal(searched, seen["annotations"])
+    torch.testing.assert_close(seen["targets"], searched, rtol=0, atol=0)
