@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= uv
 PACKAGES := $(sort $(notdir $(patsubst %/pyproject.toml,%,$(wildcard packages/*/pyproject.toml))))
 
-.PHONY: help setup lock test test-contracts bench reproduce smoke $(addprefix test-,$(PACKAGES)) \
+.PHONY: help setup lock readme test test-contracts bench reproduce smoke $(addprefix test-,$(PACKAGES)) \
         $(addprefix smoke-,$(PACKAGES)) $(addprefix reproduce-,$(PACKAGES)) $(addprefix bench-,$(PACKAGES))
 
 help: ## list the targets
@@ -18,6 +18,9 @@ setup: ## install every package and the dev tools from the lock (uv sync --all-p
 
 lock: ## refresh uv.lock after editing a pyproject.toml
 	$(UV) lock
+
+readme: ## refresh the generated tables in README.md and packages/*/README.md from results/ and benchmarks/
+	$(UV) run --frozen python -m shared.report
 
 test: ## run every suite: each paper package in its own exact env, then shared + cross-package contracts
 	@set -e; for p in $(PACKAGES); do $(MAKE) --no-print-directory test-$$p; done

@@ -34,3 +34,37 @@ def test_ddp_helpers_two_process_torchrun(tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out == {"loss": 2.0, "total": 3.0, "world": 2}  # (3 + 5) / (3 + 1) = 2
     assert (tmp_path / "rank1_ran").exists()
+
+
+def test_ddp_resume_restores_each_ranks_own_rng(tmp_path):
+    """After a resume every rank continues its own random stream: the numbers each rank draws equal those of
+    an uninterrupted run, and the two ranks draw different numbers (rank 0's state is not broadcast)."""
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, torch
+        from shared.runtime import (cleanup_distributed, init_distributed, maybe_resume, resolve_device,
+                                    save_training_state, seed_everything)
+        mode = sys.argv[1]
+        info = init_distributed(resolve_device("cpu"))
+        seed_everything(0, info.rank)
+        model = torch.nn.Linear(2, 2)
+        ckpt_dir = {str(tmp_path)!r}
+        if mode == "uninterrupted":
+            torch.rand(4)  # the steps before the checkpoint
+            save_training_state(ckpt_dir + "/last.pt", model=model, step=3, epoch=0, cfg={{"seed": 0}})
+        else:  # a fresh process: different state until the resume restores this rank's own
+            torch.rand(1000)
+            maybe_resume("auto", ckpt_dir, model)
+        draws = torch.rand(3).tolist()
+        with open(ckpt_dir + f"/{{mode}}_rank{{info.rank}}.json", "w") as f:
+            json.dump(draws, f)
+        cleanup_distributed()
+    """))
+    for mode in ("uninterrupted", "resumed"):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               str(script), mode], capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    read = lambda mode, r: json.loads((tmp_path / f"{mode}_rank{r}.json").read_text())  # noqa: E731
+    for r in (0, 1):
+        assert read("resumed", r) == read("uninterrupted", r)
+    assert read("resumed", 0) != read("resumed", 1)

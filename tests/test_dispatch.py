@@ -120,3 +120,15 @@ def test_dispatch_without_uv(workspace):
     assert r.stdout.strip() == "TRAIN beta-pkg args="
     r = subprocess.run([train], capture_output=True, text=True, env={**env, "REPRO_PACKAGE": "gamma"})
     assert r.returncode == 2 and "'gamma' has no `train` job" in r.stderr
+
+
+def test_explicit_uv_package_beats_repro_package(workspace):
+    ws = workspace
+    assert _uv(ws, "sync", "--all-packages").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_PROJECT"}}
+    run = lambda pkg, value: subprocess.run([UV, "run", "--package", pkg, "train"], cwd=ws, capture_output=True,  # noqa: E731
+                                            text=True, env={**env, "REPRO_PACKAGE": value}, timeout=300)
+    r = run("alpha-pkg", "alpha-pkg")
+    assert r.returncode == 0 and r.stdout.strip() == "TRAIN alpha-pkg args="
+    r = run("alpha-pkg", "beta-pkg")  # both given and different: an error, not a silent choice
+    assert r.returncode == 2 and "name different packages" in r.stderr and r.stdout == ""

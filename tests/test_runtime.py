@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from shared.errors import ConfigError
 from shared.runtime import (
     CheckpointError,
     CSVLogger,
@@ -122,10 +123,10 @@ def test_rng_state_round_trip(tmp_path):
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
-    with pytest.raises(ValueError, match="Unknown device"):
+    with pytest.raises(ValueError, match="is not a device; use one of auto"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
 
 

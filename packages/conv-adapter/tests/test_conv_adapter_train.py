@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from conv_adapter.pretrain import cache_path, pretrained_state
 from conv_adapter.train import build_model, fit
 
-TINY = ["device=cpu", "model.weights=null", "data.n_train=24", "data.n_test=16", "data.image_size=16",
+TINY = ["device=cpu", "weights=null", "data.n_train=24", "data.n_test=16", "data.image_size=16",
         "data.num_classes=4", "batch_size=8", "eval_batch_size=16", "epochs=2", "log_interval=1000"]
 
 
@@ -56,7 +56,7 @@ def test_synthetic_pretraining_is_cached_by_config(tmp_path):
     again, _ = pretrained_state(pcfg, tmp_path)  # a cache hit: same tensors, file untouched
     assert path.stat().st_mtime_ns == mtime and all(torch.equal(state[k], again[k]) for k in state)
     assert cache_path({**pcfg, "domain": "shapes-c"}, tmp_path) != path
-    cfg = config("model.weights=synthetic", f"cache_dir={tmp_path}", *[f"model.pretrain.{k}={v}" for k, v in pcfg.items() if k != "arch"])
+    cfg = config("weights=synthetic", f"cache_dir={tmp_path}", *[f"model.pretrain.{k}={v}" for k, v in pcfg.items() if k != "arch"])
     model, info, source = build_model(cfg, num_classes=4)
     assert torch.equal(model.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])  # the backbone is the cached one
     assert model.fc[1].out_features == 4 and source == metrics

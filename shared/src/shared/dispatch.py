@@ -8,9 +8,10 @@ entry-point groups ``repro.train`` and ``repro.reproduce`` (and also gets the un
 
 Which package to run, in order:
 
-1. ``REPRO_PACKAGE`` if set (for launchers other than uv);
-2. the package that ``uv run --package <pkg>`` named: uv exports no variable for it, but uv is an
+1. the package that ``uv run --package <pkg>`` named: uv exports no variable for it, but uv is an
    ancestor process and its command line is readable (``/proc`` on Linux, ``ps`` elsewhere);
+2. ``REPRO_PACKAGE`` if set (for launchers other than uv); when it names another package than an
+   explicit ``uv run --package``, that is an error (exit 2) rather than a silent choice;
 3. the only installed paper package;
 4. otherwise exit with status 2 and a message listing the installed packages and their scripts.
 
@@ -114,7 +115,11 @@ def _listing(job: str, jobs: dict[str, EntryPoint]) -> str:
 
 def resolve(job: str) -> tuple[str, EntryPoint]:
     jobs = installed_jobs(job)
-    wanted = os.environ.get("REPRO_PACKAGE") or package_from_uv_parent()
+    from_uv, from_env = package_from_uv_parent(), os.environ.get("REPRO_PACKAGE")
+    if from_uv and from_env and _norm(from_uv) != _norm(from_env):
+        raise SystemExit(f"error: `uv run --package {from_uv}` and REPRO_PACKAGE={from_env} name different packages; "
+                         f"unset REPRO_PACKAGE, or run `uv run --package {from_env} {job}`")
+    wanted = from_uv or from_env
     if wanted:
         key = _norm(wanted)
         if key in jobs:

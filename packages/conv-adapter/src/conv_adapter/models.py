@@ -24,6 +24,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from shared.errors import CheckpointError, ConfigError
+
 from .adapter import ConvAdapterConfig
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -119,12 +121,12 @@ def hub_weights_path(arch: str) -> Path:
     found = sorted(glob.glob(str(hub / f"{arch}-*.pth")))
     if found:
         return Path(found[0])
-    raise FileNotFoundError(
-        f"ImageNet weights for {arch} not found: expected one of {_HUB_FILES.get(arch, [f'{arch}-*.pth'])} in "
-        f"{hub} (the torch hub cache, $TORCH_HOME/hub/checkpoints). Nothing is downloaded at run time: copy the "
-        f"torchvision weight file there (e.g. from a machine with internet: "
+    raise ConfigError(
+        f"weights=imagenet: ImageNet weights for {arch} not found: expected one of "
+        f"{_HUB_FILES.get(arch, [f'{arch}-*.pth'])} in {hub} (the torch hub cache, $TORCH_HOME/hub/checkpoints; "
+        f"nothing is downloaded at run time); copy the torchvision weight file there (on a machine with internet: "
         f"`python -c \"import torchvision; torchvision.models.{arch}(weights='DEFAULT')\"`), or pass "
-        f"model.weights=/path/to/{arch}.pth.")
+        f"weights=/path/to/{arch}.pth")
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -132,8 +134,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     are unwrapped). Loaded with ``weights_only=True``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights={str(path)!r}: no such file. Pass a torchvision-format state dict "
-                                f"(.pth), 'imagenet' (torch hub cache), 'synthetic' or null.")
+        raise ConfigError(f"weights={str(path)!r}: no such file; pass a torchvision-format state dict "
+                          f"(.pth), 'imagenet' (torch hub cache), 'synthetic' or null")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -148,8 +150,8 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], arch
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
-        raise ValueError(f"weights do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                         f"({len(missing)} / {len(unexpected)} keys).")
+        raise CheckpointError(f"weights do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                              f"({len(missing)} / {len(unexpected)} keys); pass weights of a {arch}")
 
 
 # ---------------------------------------------------------------------------------- heads

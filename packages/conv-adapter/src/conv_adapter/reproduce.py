@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     out = Path(args.out)
     runs = Path(os.environ.get("REPRO_RUNS", "runs")) / "conv-adapter" / "reproduce" / ("quick" if args.quick else "full")
-    base = ["device=cpu", "resume=null", "log_interval=1000", f"data.n_test={args.n_test}", "num_threads=1",
+    base = ["device=cpu", "resume=null", "log_interval=1000", f"data.n_test={args.n_test}", "threads=1",
             "eval_every=1000"]
     methods, shots, fs_methods = METHODS, SHOTS, FEWSHOT_METHODS
     if args.quick:
-        base += ["model.weights=null", "data.image_size=16", "batch_size=16"]
+        base += ["weights=null", "data.image_size=16", "batch_size=16"]
         methods, shots = [METHODS[0], METHODS[3], METHODS[-1]], [1, 2]
     else:
         from hydra import compose, initialize_config_module

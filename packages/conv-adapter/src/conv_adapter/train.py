@@ -18,15 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from shared.cli import hydra_main
+from shared.errors import check_choice, check_range, require
 from shared.metrics import topk_accuracy
 from shared.runtime import (
     Progress,
-    autocast,
     epoch_loader,
     hydra_run_dir,
     maybe_resume,
@@ -39,19 +39,46 @@ from shared.runtime import (
     versions,
 )
 
-from .adapter import adapter_state_dict
+from .adapter import INITS, SCHEMES, adapter_state_dict
 from .data import build_datasets
-from .models import create_backbone, head_prefix, hub_weights_path, load_backbone_weights, load_state_dict_file, replace_head
+from .models import (create_backbone, head_prefix, hub_weights_path, list_models, load_backbone_weights,
+                     load_state_dict_file, replace_head)
 from .pretrain import pretrained_state
-from .tuning import TuningInfo, apply_method, set_train_mode
+from .tuning import BN_MODES, METHODS, TuningInfo, apply_method, set_train_mode
+
+OPTIMIZERS = ("adamw", "sgd")
+DATASETS = ("synthetic", "vtab1k", "fgvc", "fewshot")
 
 log = logging.getLogger("conv_adapter")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every registry name and value range of a run, checked before any data or model is built."""
+    check_choice("model.arch", cfg.model.arch, list_models())
+    check_choice("method.name", cfg.method.name, METHODS)
+    check_choice("method.scheme", cfg.method.scheme, SCHEMES)
+    check_choice("method.init", cfg.method.init, ("official", *INITS))
+    check_choice("method.placement", cfg.method.placement, ("conv", "official"))
+    check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    check_choice("bn_mode", cfg.bn_mode, BN_MODES)
+    check_choice("data.name", cfg.data.name, DATASETS)
+    check_range("method.reduction", cfg.method.reduction, 0, lo_inclusive=False)
+    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+        check_range(key, cfg[key], 1, integer=True)
+    check_range("optim.lr", cfg.optim.lr, 0, lo_inclusive=False)
+    check_range("optim.weight_decay", cfg.optim.weight_decay, 0)
+    check_range("label_smoothing", cfg.label_smoothing, 0, 1, hi_inclusive=False)
+    check_range("data.image_size", cfg.data.image_size, 8, integer=True)
+    w = cfg.weights
+    require(w in (None, "synthetic", "imagenet") or Path(str(w)).expanduser().is_file(),
+            f"weights={w!r} is neither null, synthetic, imagenet nor an existing file",
+            "pass weights=null, weights=synthetic, weights=imagenet or weights=/path/to/state_dict.pth")
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, TuningInfo, dict]:
     """Backbone -> weights -> new head -> tuning method. Returns the model, what the method did, and the
     source-domain metrics of a synthetic pre-training (empty otherwise)."""
-    arch, weights = cfg.model.arch, cfg.model.weights
+    arch, weights = cfg.model.arch, cfg.weights
     extra: dict = {}
     model = create_backbone(arch)  # the classifier is replaced below, so its size does not matter
     if weights == "synthetic":
@@ -76,7 +103,8 @@ def build_optimizer(cfg: DictConfig, params: list[nn.Parameter]) -> torch.optim.
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise ValueError(f"unknown optim.name {o.name!r}; expected adamw or sgd.")
+    check_choice("optim.name", o.name, OPTIMIZERS)
+    raise AssertionError("unreachable")
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float):
@@ -111,9 +139,8 @@ def evaluate(model: nn.Module, dataset, ctx, batch_size: int, num_workers: int =
 
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
+    validate(cfg)
+    ctx = start_run(cfg, out_dir)
 
     # data -> model -> optimiser / schedule
     train_set, eval_set, num_classes = build_datasets(cfg.data, seed=cfg.seed)
@@ -131,6 +158,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                   "adapter_config": info.adapter_config}
 
     ckpt = maybe_resume(cfg.resume, ctx.run_dir, model, optimizer, scheduler, expect=model_args)
+    if ckpt:
+        ctx.amp.load_state_dict(ckpt.get("amp"))
     step = ckpt["step"] if ckpt else 0
     start_epoch = ckpt["epoch"] if ckpt else 0
     skip = step - start_epoch * steps_per_epoch  # batches of start_epoch already consumed
@@ -152,11 +181,11 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         loss_sum, seen = 0.0, 0
         for x, y in loader:
             x, y = x.to(ctx.device), y.to(ctx.device)
-            with autocast(ctx.device, enabled=cfg.amp):
+            with ctx.amp.autocast():
                 loss = nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            ctx.amp.backward(loss)
+            ctx.amp.step(optimizer)
             scheduler.step()
             step += 1
             loss_sum, seen = loss_sum + loss.item() * len(y), seen + len(y)
@@ -171,9 +200,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             train_loss = reduce_metrics({"loss": loss_sum}, seen, ctx.device)["loss"]
             ctx.metrics.log(epoch=epoch_done, step=step, train_loss=train_loss, lr=scheduler.get_last_lr()[0], **metrics)
             log.info("epoch %d step %d: train loss %.4f, test acc@1 %.2f%%", epoch_done, step, train_loss, metrics["test_acc1"])
-        if ctx.is_main:
-            save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler,
-                                step=step, epoch=epoch_done, cfg=cfg, model_args=model_args)
+        save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=optimizer, scheduler=scheduler,
+                            step=step, epoch=epoch_done, cfg=cfg, model_args=model_args, amp=ctx.amp.state_dict())
 
     if not metrics:  # resumed a finished run: just evaluate
         metrics = {f"test_{k}": v for k, v in evaluate(model, eval_set, ctx, cfg.eval_batch_size, cfg.num_workers).items()}
@@ -218,7 +246,7 @@ def _plot_curves(run_dir: Path) -> None:
     plt.close(fig)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 

@@ -24,17 +24,54 @@ import torch
 from PIL import Image
 
 from shared.data.root import DatasetNotFoundError
+from shared.errors import DatasetFormatError
 
 
 COCO_HOW_TO_GET = ("download train2017/val2017 images and annotations_trainval2017.zip from "
                    "https://cocodataset.org/#download and extract them into $REPRO_DATA/coco")
 
 
-def _quiet_coco(annotation_file: str | os.PathLike):
+COCO_REQUIRED_KEYS = ("images", "annotations", "categories")
+
+
+def _load_instances(annotation_file: Path):
+    """pycocotools ``COCO`` for a validated instances file: valid JSON with the three required lists, every
+    annotation naming a known image and category. A file that is not fails here, naming the file and the key,
+    instead of loading as an empty dataset that scores AP 0.0 (or a raw ``KeyError`` from pycocotools)."""
     from pycocotools.coco import COCO
 
+    try:
+        doc = json.loads(Path(annotation_file).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetFormatError(f"{annotation_file} is not a valid COCO instances file (not JSON: {e}); "
+                                 f"re-extract the annotations ({COCO_HOW_TO_GET})") from e
+    if not isinstance(doc, dict):
+        raise DatasetFormatError(f"{annotation_file} is not a COCO instances file (top level is a "
+                                 f"{type(doc).__name__}, not an object); point the reader at instances_<split>.json")
+    for key in COCO_REQUIRED_KEYS:
+        if not isinstance(doc.get(key), list):
+            problem = "missing" if key not in doc else f"not a list ({type(doc[key]).__name__})"
+            raise DatasetFormatError(f"{annotation_file}: the key '{key}' is {problem}; a COCO instances file "
+                                     f"needs the lists {', '.join(COCO_REQUIRED_KEYS)}")
+    if not doc["images"]:
+        raise DatasetFormatError(f"{annotation_file}: the list 'images' is empty; the file describes no images, "
+                                 "so there is nothing to train or evaluate on")
+    image_ids = {im.get("id") for im in doc["images"]}
+    cat_ids = {c.get("id") for c in doc["categories"]}
+    for a in doc["annotations"]:
+        for key, known in (("image_id", image_ids), ("category_id", cat_ids)):
+            if a.get(key) not in known:
+                raise DatasetFormatError(f"{annotation_file}: annotation {a.get('id')!r} has {key}={a.get(key)!r}, "
+                                         f"which is not in '{'images' if key == 'image_id' else 'categories'}'; "
+                                         "fix or regenerate the annotation file")
+        if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
+            raise DatasetFormatError(f"{annotation_file}: annotation {a.get('id')!r} has no 'bbox' [x, y, w, h]; "
+                                     "fix or regenerate the annotation file")
+    coco = COCO()
+    coco.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
+        coco.createIndex()
+    return coco
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -55,10 +92,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not image_dir.is_dir():
             raise DatasetNotFoundError("COCO images", f"the image folder {image_dir.name}/ named by "
                                        f"{annotation_file.name}", image_dir.parent, COCO_HOW_TO_GET)
-        try:
-            self.coco = _quiet_coco(annotation_file)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{annotation_file} is not a valid COCO instances file: {e!r}") from e
+        self.coco = _load_instances(annotation_file)
         self.image_dir = image_dir
         self.transforms = transforms
         self.skip_crowd = skip_crowd
@@ -105,7 +139,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DatasetNotFoundError("COCO image", f"{path.name} (listed in the annotations)", path.parent,
                                        COCO_HOW_TO_GET) from e
         except OSError as e:
-            raise ValueError(f"image {path} is corrupt or not an image ({e}).") from e
+            raise DatasetFormatError(f"image {path} is corrupt or not an image ({e}).") from e
         target = self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from shared.data.coco import CocoDetection, coco_split, write_coco_json
+from shared.errors import ConfigError
 
 __all__ = ["SHAPE_CLASSES", "SIZE_BANDS", "generate_scenes", "render_scene", "synthetic_detection"]
 
@@ -77,7 +78,7 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
     if kind == 5:  # bar: a 1:3 rectangle
         return (np.abs(u) <= 0.95) & (np.abs(v) <= 0.3)
-    raise ValueError(f"unknown shape class {kind}")
+    raise ConfigError(f"unknown shape class {kind}")
 
 
 #: area of each shape as a fraction of extent**2 (extent = diameter of the circumscribed circle)
@@ -91,10 +92,10 @@ def _draw_side(rng: np.random.Generator, size: int, min_side: float, max_side_fr
     bands = [(min_side, SIZE_BANDS[0]), (SIZE_BANDS[0], SIZE_BANDS[1]), (SIZE_BANDS[1], top)]
     p = np.asarray(scale_mix, dtype=float)
     if p.shape != (3,) or np.any(p < 0):
-        raise ValueError(f"scale_mix must be three non-negative weights (small, medium, large), got {scale_mix}.")
+        raise ConfigError(f"scale_mix must be three non-negative weights (small, medium, large), got {scale_mix}.")
     p = np.where([lo < min(hi, top) for lo, hi in bands], p, 0.0)  # bands that do not fit the image get none
     if p.sum() <= 0:
-        raise ValueError(f"scale_mix={scale_mix} leaves no size band that fits a {size}px image.")
+        raise ConfigError(f"scale_mix={scale_mix} leaves no size band that fits a {size}px image.")
     lo, hi = bands[rng.choice(3, p=p / p.sum())]
     return float(np.exp(rng.uniform(np.log(lo), np.log(min(hi, top)))))
 
@@ -181,9 +182,9 @@ def generate_scenes(root: str | os.PathLike, split: str, num_images: int, seed: 
     scale_mix, min_visible, placement_tries).
     """
     if not 1 <= num_classes <= len(SHAPE_CLASSES):
-        raise ValueError(f"num_classes must lie in [1, {len(SHAPE_CLASSES)}] (the shapes {SHAPE_CLASSES}), got {num_classes}.")
+        raise ConfigError(f"num_classes must lie in [1, {len(SHAPE_CLASSES)}] (the shapes {SHAPE_CLASSES}), got {num_classes}.")
     if num_images < 1 or size < 16:
-        raise ValueError(f"need num_images >= 1 and size >= 16, got num_images={num_images}, size={size}.")
+        raise ConfigError(f"need num_images >= 1 and size >= 16, got num_images={num_images}, size={size}.")
     unknown = set(scene_kwargs) - {"objects_per_image", "min_side", "max_side_frac", "scale_mix", "min_visible",
                                    "placement_tries"}
     if unknown:
@@ -199,7 +200,7 @@ def generate_scenes(root: str | os.PathLike, split: str, num_images: int, seed: 
         if old == meta:
             return root
         if not overwrite:
-            raise ValueError(f"{root}/{split} holds synthetic scenes generated with other arguments ({old}); "
+            raise ConfigError(f"{root}/{split} holds synthetic scenes generated with other arguments ({old}); "
                              f"pass overwrite=True or use another root.")
     img_dir = root / split
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from shared.errors import ConfigError
 
 __all__ = [
     "EXPRESSION_NAMES",
@@ -280,14 +281,14 @@ class FaceParams:
         for f in fields(self):
             a = np.asarray(getattr(self, f.name))
             if a.shape[:1] != (n,):
-                raise ValueError(f"FaceParams.{f.name} has leading dimension {a.shape[:1]}, expected ({n},): "
+                raise ConfigError(f"FaceParams.{f.name} has leading dimension {a.shape[:1]}, expected ({n},): "
                                  "every field needs one row per face.")
 
 
 def _range(value, name: str) -> tuple[float, float]:
     lo, hi = (value, value) if np.isscalar(value) else tuple(value)
     if lo > hi:
-        raise ValueError(f"{name}=({lo}, {hi}): the lower bound exceeds the upper bound.")
+        raise ConfigError(f"{name}=({lo}, {hi}): the lower bound exceeds the upper bound.")
     return float(lo), float(hi)
 
 
@@ -309,9 +310,9 @@ def sample_params(n: int, seed: int = 0, *, num_identities: int = 1000, identiti
             as a fraction of the image side.
     """
     if n < 0:
-        raise ValueError(f"n={n}: the number of faces cannot be negative.")
+        raise ConfigError(f"n={n}: the number of faces cannot be negative.")
     if not 0 <= occluder_prob <= 1:
-        raise ValueError(f"occluder_prob={occluder_prob} must lie in [0, 1].")
+        raise ConfigError(f"occluder_prob={occluder_prob} must lie in [0, 1].")
     rng = np.random.default_rng(seed)
 
     def uni(value, name, size=n):
@@ -320,12 +321,12 @@ def sample_params(n: int, seed: int = 0, *, num_identities: int = 1000, identiti
 
     if identities is None:
         if num_identities < 1:
-            raise ValueError(f"num_identities={num_identities} must be >= 1.")
+            raise ConfigError(f"num_identities={num_identities} must be >= 1.")
         ids = rng.integers(0, num_identities, n)
     else:
         ids = np.asarray(identities, dtype=np.int64).reshape(-1)
         if len(ids) != n:
-            raise ValueError(f"identities has {len(ids)} entries for n={n} faces.")
+            raise ConfigError(f"identities has {len(ids)} entries for n={n} faces.")
     s = float(expression_strength)
     expr = np.stack([np.clip(rng.beta(0.8, 2.5, n) * s, 0, 1), np.clip(rng.normal(0, 0.45, n) * s, -1, 1),
                      np.clip(rng.normal(0, 0.45, n) * s, -1, 1),
@@ -461,9 +462,9 @@ def render(params: FaceParams, size: int = 64, *, identity_seed: int = 0, supers
     step (memory only; results do not depend on it).
     """
     if size < 8:
-        raise ValueError(f"size={size} is too small to draw a face; use at least 8 pixels.")
+        raise ConfigError(f"size={size} is too small to draw a face; use at least 8 pixels.")
     if supersample < 1:
-        raise ValueError(f"supersample={supersample} must be >= 1.")
+        raise ConfigError(f"supersample={supersample} must be >= 1.")
     n = len(params)
     ident, chart, pts3, rot, s, t, cam, n_cam = _geometry(params, size, identity_seed)
     landmarks = cam[..., :2].astype(np.float32)

@@ -34,8 +34,10 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.datasets.vision import VisionDataset
 
 from .root import DatasetNotFoundError
+from shared.errors import ConfigError, DatasetFormatError
 
-__all__ = ["CIFAR_NAMES", "SVHN_SPLITS", "cifar", "image_folder", "svhn"]
+__all__ = ["CIFAR_NAMES", "SVHN_SPLITS", "CheckedImageFolder", "check_files_exist", "cifar", "image_folder",
+           "image_is_readable", "load_image", "svhn"]
 
 Transform = Callable[[Any], Any] | None
 PathLike = str | os.PathLike[str]
@@ -49,12 +51,16 @@ SVHN_SPLITS = ("train", "test", "extra")
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def image_folder(root: PathLike, transform: Transform = None, target_transform: Transform = None) -> ImageFolder:
+def image_folder(root: PathLike, transform: Transform = None, target_transform: Transform = None,
+                 skip_unreadable: bool = False) -> ImageFolder:
     """Read an image-classification folder tree with torchvision's ``ImageFolder``.
 
     Expected layout: ``root/<class_name>/<image>.jpg`` (one sub-directory per class, class
     indices assigned in sorted order of the sub-directory names; any of torchvision's image
     extensions ``.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp``).
+
+    An image that cannot be decoded raises :class:`DatasetFormatError` naming the file when it is read;
+    ``skip_unreadable=True`` instead decodes every image once up front and drops the bad ones (logged).
 
     Raises:
         DatasetNotFoundError: ``root`` is missing, is not a directory, has no class
@@ -77,7 +83,70 @@ def image_folder(root: PathLike, transform: Transform = None, target_transform: 
     empty = [name for name in class_dirs if not any(_is_image(p) for p in (root / name).rglob("*"))]
     if empty:
         raise not_found(f"class folder(s) with no image files: {', '.join(empty)}")
-    return ImageFolder(str(root), transform=transform, target_transform=target_transform)
+    return CheckedImageFolder(str(root), transform=transform, target_transform=target_transform,
+                              skip_unreadable=skip_unreadable)
+
+
+def load_image(path: PathLike, mode: str = "RGB"):
+    """Open an image with PIL and convert it to ``mode``; an unreadable, truncated or zero-byte file raises
+    :class:`DatasetFormatError` naming the file (instead of PIL's raw error in the middle of an epoch)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert(mode)
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError("Image", f"the file {path.name}", path.parent,
+                                   "restore the file, or rebuild the file list of this dataset") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        size = path.stat().st_size if path.exists() else 0
+        what = "is empty (0 bytes)" if size == 0 else f"cannot be decoded ({type(err).__name__}: {err})"
+        raise DatasetFormatError(f"image {path} {what}; replace or delete the file (readers that support it "
+                                 "can skip such files with skip_unreadable=True)") from err
+
+
+def image_is_readable(path: PathLike) -> bool:
+    """True when PIL can fully decode ``path`` (used to skip bad files up front)."""
+    try:
+        load_image(path)
+        return True
+    except (DatasetFormatError, DatasetNotFoundError):
+        return False
+
+
+def check_files_exist(paths, list_file: PathLike, dataset: str, how_to_get: str) -> None:
+    """Raise :class:`DatasetNotFoundError` when any file named by a split/list file is missing (checked when
+    the dataset is built, not when a worker first reads it)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DatasetNotFoundError(dataset, f"the {len(missing)} file(s) listed in {Path(list_file).name} "
+                                   f"(missing: {shown})", Path(list_file).parent, how_to_get)
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision ``ImageFolder`` whose loader names the file when an image cannot be read.
+
+    ``skip_unreadable=True`` decodes every image once when the dataset is built and drops the ones that fail,
+    logging how many (and which, up to ten) were skipped."""
+
+    def __init__(self, root: PathLike, transform: Transform = None, target_transform: Transform = None,
+                 skip_unreadable: bool = False) -> None:
+        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=load_image)
+        self.skipped: list[str] = []
+        if skip_unreadable:
+            import logging
+
+            keep = [(p, t) for p, t in self.samples if image_is_readable(p)]
+            self.skipped = sorted({p for p, _ in self.samples} - {p for p, _ in keep})
+            self.samples = self.imgs = keep
+            self.targets = [t for _, t in keep]
+            if self.skipped:
+                logging.getLogger("repro").warning(
+                    "skipped %d unreadable image(s) under %s: %s%s", len(self.skipped), root,
+                    ", ".join(self.skipped[:10]), " ..." if len(self.skipped) > 10 else "")
 
 
 def _is_image(path: Path) -> bool:
@@ -102,20 +171,20 @@ def _load_cifar_pickle(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
         with path.open("rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as err:  # pickle raises many types on garbage (UnpicklingError, EOFError, ...)
-        raise ValueError(f"Could not read CIFAR file {path}: not a valid pickle ({type(err).__name__}: {err}). "
+        raise DatasetFormatError(f"Could not read CIFAR file {path}: not a valid pickle ({type(err).__name__}: {err}). "
                          f"Re-extract the archive from {CIFAR_URL}.") from err
     if not isinstance(entry, dict):
-        raise ValueError(f"Malformed CIFAR file {path}: expected a pickled dict, got {type(entry).__name__}.")
+        raise DatasetFormatError(f"Malformed CIFAR file {path}: expected a pickled dict, got {type(entry).__name__}.")
     entry = {_decode(k): v for k, v in entry.items()}
     missing = [k for k in required if k not in entry]
     if missing:
-        raise ValueError(f"Malformed CIFAR file {path}: missing key(s) {missing}; found {sorted(entry)}.")
+        raise DatasetFormatError(f"Malformed CIFAR file {path}: missing key(s) {missing}; found {sorted(entry)}.")
     return entry
 
 
 def _cifar_md5_check(path: Path, md5: str) -> None:
     if not check_integrity(str(path), md5):
-        raise ValueError(f"Checksum mismatch for CIFAR file {path}: expected md5 {md5}. The file is corrupt or "
+        raise DatasetFormatError(f"Checksum mismatch for CIFAR file {path}: expected md5 {md5}. The file is corrupt or "
                          f"not the official release; re-download it from {CIFAR_URL} (or pass verify_checksums=False).")
 
 
@@ -160,15 +229,15 @@ class _CheckedCIFARMixin:
             entry = _load_cifar_pickle(path, required=("data",))
             label_key = "labels" if "labels" in entry else "fine_labels"
             if label_key not in entry:
-                raise ValueError(f"Malformed CIFAR file {path}: missing key 'labels' or 'fine_labels'; "
+                raise DatasetFormatError(f"Malformed CIFAR file {path}: missing key 'labels' or 'fine_labels'; "
                                  f"found {sorted(entry)}.")
             array = np.asarray(entry["data"])
             labels = [int(y) for y in entry[label_key]]
             if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != 3 * 32 * 32:
-                raise ValueError(f"Malformed CIFAR file {path}: 'data' must be a uint8 array of shape (N, 3072), "
+                raise DatasetFormatError(f"Malformed CIFAR file {path}: 'data' must be a uint8 array of shape (N, 3072), "
                                  f"got {array.dtype} {array.shape}.")
             if len(labels) != len(array):
-                raise ValueError(f"Malformed CIFAR file {path}: {len(array)} images but {len(labels)} labels.")
+                raise DatasetFormatError(f"Malformed CIFAR file {path}: {len(array)} images but {len(labels)} labels.")
             data.append(array)
             targets.extend(labels)
         # rows are [1024 red | 1024 green | 1024 blue] in row-major order -> (N, 32, 32, 3)
@@ -176,7 +245,7 @@ class _CheckedCIFARMixin:
         self.targets = targets
         self._load_meta()
         if targets and not 0 <= min(targets) <= max(targets) < len(self.classes):
-            raise ValueError(f"Malformed CIFAR data in {folder}: labels must lie in [0, {len(self.classes)}), "
+            raise DatasetFormatError(f"Malformed CIFAR data in {folder}: labels must lie in [0, {len(self.classes)}), "
                              f"got range [{min(targets)}, {max(targets)}].")
 
     def _check_integrity(self) -> bool:
@@ -234,7 +303,7 @@ def cifar(root: PathLike, name: str = "cifar10", train: bool = True, transform: 
     """
     classes = {"cifar10": CheckedCIFAR10, "cifar100": CheckedCIFAR100}
     if name not in classes:
-        raise ValueError(f"Unknown CIFAR variant {name!r}; expected one of {CIFAR_NAMES}.")
+        raise ConfigError(f"Unknown CIFAR variant {name!r}; expected one of {CIFAR_NAMES}.")
     return classes[name](root, train=train, transform=transform, target_transform=target_transform,
                          verify_checksums=verify_checksums)
 
@@ -251,7 +320,7 @@ class CheckedSVHN(SVHN):
     def __init__(self, root: PathLike, split: str = "train", transform: Transform = None,
                  target_transform: Transform = None, verify_checksums: bool = False) -> None:
         if split not in self.split_list:
-            raise ValueError(f"Unknown SVHN split {split!r}; expected one of {SVHN_SPLITS}.")
+            raise ConfigError(f"Unknown SVHN split {split!r}; expected one of {SVHN_SPLITS}.")
         VisionDataset.__init__(self, str(root), transform=transform, target_transform=target_transform)
         self.split = split
         self.url, self.filename, self.file_md5 = self.split_list[split]
@@ -262,7 +331,7 @@ class CheckedSVHN(SVHN):
                 "SVHN", f"the file {self.filename} (format 2, cropped 32x32 digits)", Path(self.root),
                 f"download {self.url} (from {SVHN_URL}) into {Path(self.root)}.")
         if verify_checksums and not check_integrity(str(path), self.file_md5):
-            raise ValueError(f"Checksum mismatch for SVHN file {path}: expected md5 {self.file_md5}. The file is "
+            raise DatasetFormatError(f"Checksum mismatch for SVHN file {path}: expected md5 {self.file_md5}. The file is "
                              f"corrupt or not the official release; re-download {self.url} "
                              f"(or pass verify_checksums=False).")
 
@@ -271,20 +340,20 @@ class CheckedSVHN(SVHN):
         try:
             mat = scipy.io.loadmat(str(path))
         except Exception as err:  # scipy raises ValueError/TypeError/... on garbage
-            raise ValueError(f"Could not read SVHN file {path}: not a valid MATLAB .mat file "
+            raise DatasetFormatError(f"Could not read SVHN file {path}: not a valid MATLAB .mat file "
                              f"({type(err).__name__}: {err}). Re-download {self.url}.") from err
         missing = [k for k in ("X", "y") if k not in mat]
         if missing:
-            raise ValueError(f"Malformed SVHN file {path}: missing variable(s) {missing}; expected X (32, 32, 3, N) "
+            raise DatasetFormatError(f"Malformed SVHN file {path}: missing variable(s) {missing}; expected X (32, 32, 3, N) "
                              f"uint8 and y (N, 1).")
         images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).astype(np.int64).reshape(-1)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
-            raise ValueError(f"Malformed SVHN file {path}: X must be uint8 of shape (32, 32, 3, N), "
+            raise DatasetFormatError(f"Malformed SVHN file {path}: X must be uint8 of shape (32, 32, 3, N), "
                              f"got {images.dtype} {images.shape}.")
         if len(labels) != images.shape[3]:
-            raise ValueError(f"Malformed SVHN file {path}: {images.shape[3]} images but {len(labels)} labels.")
+            raise DatasetFormatError(f"Malformed SVHN file {path}: {images.shape[3]} images but {len(labels)} labels.")
         if len(labels) and not (labels.min() >= 0 and labels.max() <= 10):
-            raise ValueError(f"Malformed SVHN file {path}: labels must lie in 0..10 (10 = digit 0), "
+            raise DatasetFormatError(f"Malformed SVHN file {path}: labels must lie in 0..10 (10 = digit 0), "
                              f"got range [{labels.min()}, {labels.max()}].")
         labels[labels == 10] = 0
         self.labels = labels

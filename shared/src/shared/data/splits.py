@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from shared.errors import ConfigError
 
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
@@ -37,11 +38,11 @@ CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 def _as_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}.")
+        raise ConfigError(f"labels must be one-dimensional, got shape {array.shape}.")
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {array.dtype}.")
+        raise ConfigError(f"labels must be integers, got dtype {array.dtype}.")
     if array.size and array.min() < 0:
-        raise ValueError(f"labels must be non-negative, got minimum {array.min()}.")
+        raise ConfigError(f"labels must be non-negative, got minimum {array.min()}.")
     return array.astype(np.int64, copy=False)
 
 
@@ -62,10 +63,10 @@ def train_val_test_split(
         ``(train_idx, val_idx, test_idx)``, each sorted ``int64``.
     """
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}.")
+        raise ConfigError(f"n must be non-negative, got {n}.")
     frac = np.asarray(fractions, dtype=np.float64)
     if frac.shape != (3,) or (frac < 0).any() or not np.isclose(frac.sum(), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}.")
+        raise ConfigError(f"fractions must be three non-negative numbers summing to 1, got {fractions}.")
     exact = frac * n
     sizes = np.floor(exact).astype(np.int64)
     # hand the leftover examples to the largest remainders (ties: earlier split first)
@@ -96,14 +97,14 @@ def k_shot_indices(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0,
     """
     labels = _as_labels(labels)
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")
+        raise ConfigError(f"k must be >= 1, got {k}.")
     classes = np.arange(num_classes) if num_classes is not None else np.unique(labels)
     if num_classes is not None and labels.size and labels.max() >= num_classes:
-        raise ValueError(f"labels contain class {labels.max()} but num_classes={num_classes}.")
+        raise ConfigError(f"labels contain class {labels.max()} but num_classes={num_classes}.")
     counts = np.bincount(labels, minlength=int(classes.max()) + 1 if classes.size else 0)
     short = {int(c): int(counts[c]) for c in classes if counts[c] < k}
     if short:
-        raise ValueError(f"k_shot_indices: {len(short)} class(es) have fewer than k={k} examples "
+        raise ConfigError(f"k_shot_indices: {len(short)} class(es) have fewer than k={k} examples "
                          f"(class: count) {dict(list(short.items())[:10])}.")
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c in classes]
@@ -127,9 +128,9 @@ def long_tail_counts(num_classes: int, max_per_class: int, imbalance_ratio: floa
         ``int64`` array of length ``num_classes``.
     """
     if num_classes < 1 or max_per_class < 1:
-        raise ValueError(f"num_classes and max_per_class must be >= 1, got {num_classes}, {max_per_class}.")
+        raise ConfigError(f"num_classes and max_per_class must be >= 1, got {num_classes}, {max_per_class}.")
     if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1 (max/min class size), got {imbalance_ratio}.")
+        raise ConfigError(f"imbalance_ratio must be >= 1 (max/min class size), got {imbalance_ratio}.")
     i = np.arange(num_classes, dtype=np.float64)
     if profile == "exp":
         exponent = i / (num_classes - 1) if num_classes > 1 else np.zeros(1)
@@ -137,7 +138,7 @@ def long_tail_counts(num_classes: int, max_per_class: int, imbalance_ratio: floa
     elif profile == "step":
         counts = np.where(i < num_classes // 2, float(max_per_class), max_per_class / float(imbalance_ratio))
     else:
-        raise ValueError(f"Unknown long-tail profile {profile!r}; expected 'exp' or 'step'.")
+        raise ConfigError(f"Unknown long-tail profile {profile!r}; expected 'exp' or 'step'.")
     return np.maximum(np.floor(counts + 1e-9), 1).astype(np.int64)
 
 
@@ -166,17 +167,17 @@ def long_tail_indices(labels: Sequence[int] | np.ndarray, imbalance_ratio: float
     """
     labels = _as_labels(labels)
     if labels.size == 0:
-        raise ValueError("long_tail_indices needs at least one label.")
+        raise ConfigError("long_tail_indices needs at least one label.")
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     available = np.bincount(labels, minlength=num_classes)
     if len(available) > num_classes:
-        raise ValueError(f"labels contain class {labels.max()} but num_classes={num_classes}.")
+        raise ConfigError(f"labels contain class {labels.max()} but num_classes={num_classes}.")
     if max_per_class is None:
         max_per_class = int(available.min())
     counts = long_tail_counts(num_classes, max_per_class, imbalance_ratio, profile)
     short = np.flatnonzero(available < counts)
     if short.size:
-        raise ValueError(f"long_tail_indices: class(es) {short[:10].tolist()} have fewer examples "
+        raise ConfigError(f"long_tail_indices: class(es) {short[:10].tolist()} have fewer examples "
                          f"({available[short[:10]].tolist()}) than required ({counts[short[:10]].tolist()}).")
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels == c), size=int(counts[c]), replace=False)
@@ -212,17 +213,17 @@ def inject_label_noise(labels: Sequence[int] | np.ndarray, rate: float, num_clas
     """
     clean = _as_labels(labels)
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must lie in [0, 1], got {rate}.")
+        raise ConfigError(f"rate must lie in [0, 1], got {rate}.")
     if num_classes < 2:
-        raise ValueError(f"label noise needs num_classes >= 2, got {num_classes}.")
+        raise ConfigError(f"label noise needs num_classes >= 2, got {num_classes}.")
     if clean.size and clean.max() >= num_classes:
-        raise ValueError(f"labels contain class {clean.max()} but num_classes={num_classes}.")
+        raise ConfigError(f"labels contain class {clean.max()} but num_classes={num_classes}.")
     rng = np.random.default_rng(seed)
     noisy = clean.copy()
     n = clean.size
     if kind in ("symmetric", "pairflip"):
         if mapping is not None:
-            raise ValueError(f"mapping is only used by kind='asymmetric-map', not {kind!r}.")
+            raise ConfigError(f"mapping is only used by kind='asymmetric-map', not {kind!r}.")
         flip = rng.choice(n, size=int(round(rate * n)), replace=False)
         if kind == "symmetric":
             offset = rng.integers(1, num_classes, size=flip.size)  # never 0 -> always another class
@@ -231,13 +232,13 @@ def inject_label_noise(labels: Sequence[int] | np.ndarray, rate: float, num_clas
         noisy[flip] = (clean[flip] + offset) % num_classes
     elif kind == "asymmetric-map":
         if not mapping:
-            raise ValueError("kind='asymmetric-map' needs a non-empty mapping {source_class: target_class}.")
+            raise ConfigError("kind='asymmetric-map' needs a non-empty mapping {source_class: target_class}.")
         for source, target in sorted(mapping.items()):
             if not (0 <= source < num_classes and 0 <= target < num_classes) or source == target:
-                raise ValueError(f"invalid mapping entry {source} -> {target} for num_classes={num_classes}.")
+                raise ConfigError(f"invalid mapping entry {source} -> {target} for num_classes={num_classes}.")
             members = np.flatnonzero(clean == source)
             flip = rng.choice(members, size=int(round(rate * members.size)), replace=False)
             noisy[flip] = target
     else:
-        raise ValueError(f"Unknown noise kind {kind!r}; expected one of {NOISE_KINDS}.")
+        raise ConfigError(f"Unknown noise kind {kind!r}; expected one of {NOISE_KINDS}.")
     return noisy, noisy != clean

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from shared.errors import ConfigError
 
 __all__ = [
     "BACKGROUNDS",
@@ -137,14 +138,14 @@ class SyntheticDomain:
         palette = tuple(tuple(int(c) for c in colour) for colour in self.palette)
         object.__setattr__(self, "palette", palette)
         if len(palette) < 3 or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
-            raise ValueError(f"palette needs at least 3 RGB colours in 0..255, got {self.palette}.")
+            raise ConfigError(f"palette needs at least 3 RGB colours in 0..255, got {self.palette}.")
         for value, allowed, what in ((self.background, BACKGROUNDS, "background"),
                                      (self.shape_family, SHAPE_FAMILIES, "shape_family"),
                                      (self.fill, FILL_STYLES, "fill")):
             if value not in allowed:
-                raise ValueError(f"Unknown {what} {value!r}; expected one of {allowed}.")
+                raise ConfigError(f"Unknown {what} {value!r}; expected one of {allowed}.")
         if not (0 <= self.color_jitter <= 1 and 0 <= self.grain <= 1):
-            raise ValueError("color_jitter and grain must lie in [0, 1].")
+            raise ConfigError("color_jitter and grain must lie in [0, 1].")
 
 
 DOMAIN_PRESETS: dict[str, SyntheticDomain] = {
@@ -231,7 +232,7 @@ def class_attributes(domain: str | SyntheticDomain, num_classes: int) -> dict[st
     """
     domain = get_domain(domain)
     if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must lie in [1, {MAX_CLASSES}], got {num_classes}.")
+        raise ConfigError(f"num_classes must lie in [1, {MAX_CLASSES}], got {num_classes}.")
     codes = _class_codes(domain.class_seed, num_classes)
     values = dict(CLASS_ATTRIBUTES, shape_param=_SHAPE_PARAM[domain.shape_family])
     return {name: np.asarray(vals, dtype=np.float32)[codes[:, j]] for j, (name, vals) in enumerate(values.items())}
@@ -445,12 +446,12 @@ def generate(
     domain = get_domain(domain)
     h, w = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else map(int, image_size)
     if n < 0 or h < 4 or w < 4:
-        raise ValueError(f"need n >= 0 and an image size of at least 4 px, got n={n}, size={(h, w)}.")
+        raise ConfigError(f"need n >= 0 and an image size of at least 4 px, got n={n}, size={(h, w)}.")
     lo, hi = scale_range
     if not 0 < lo <= hi <= 1:
-        raise ValueError(f"scale_range must satisfy 0 < lo <= hi <= 1, got {scale_range}.")
+        raise ConfigError(f"scale_range must satisfy 0 < lo <= hi <= 1, got {scale_range}.")
     if not 0 <= position_jitter <= 1:
-        raise ValueError(f"position_jitter must lie in [0, 1], got {position_jitter}.")
+        raise ConfigError(f"position_jitter must lie in [0, 1], got {position_jitter}.")
     classes = class_attributes(domain, num_classes)
 
     rng = np.random.default_rng(seed)

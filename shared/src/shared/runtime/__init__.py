@@ -1,9 +1,10 @@
 """Runtime helpers: device/AMP, seeding, torchrun/DDP, checkpoints, logging, run set-up."""
 
 from shared.runtime.checkpoint import CheckpointError, find_resume, load_checkpoint, save_checkpoint, versions
-from shared.runtime.device import autocast, grad_scaler, resolve_device
+from shared.runtime.device import Amp, amp_dtype, autocast, grad_scaler, resolve_device
 from shared.runtime.dist import (
     DistInfo,
+    all_gather_objects,
     all_reduce_sum,
     barrier,
     cleanup_distributed,
@@ -23,9 +24,12 @@ from shared.runtime.logging import (
 )
 from shared.runtime.run import (
     RunContext,
+    check_runtime,
     epoch_loader,
     hydra_run_dir,
     maybe_resume,
+    restore_rng,
+    runs_root,
     save_training_state,
     start_run,
     to_plain,

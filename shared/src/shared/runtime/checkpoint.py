@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, corrupt, unsafe or from another model."""
+from shared.errors import CheckpointError  # noqa: E402  (a user error: one line, exit 2)
 
 
 def versions() -> dict[str, str]:
@@ -63,29 +62,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint not found: {path}. Check the path, or start without resume.")
+        raise CheckpointError(f"checkpoint not found: {path}; check the path, or start without resume (resume=null)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "GLOBAL" not in msg and "global" not in msg:
-            raise CheckpointError(f"Checkpoint {path} is corrupt or truncated (not a torch checkpoint). "
-                                  "Delete it or pick another.") from e
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a torch checkpoint); "
+                                  "delete it or pick another") from e
         detail = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), msg.splitlines()[0])
         raise CheckpointError(
-            f"Refusing to load {path}: it contains pickled Python objects (code), not just tensors and "
-            f"plain types, and loading it could run arbitrary code. Re-save it as a plain state dict. "
-            f"(torch said: {detail.strip()})"
+            f"refusing to load {path}: it contains pickled Python objects (code), not just tensors and "
+            f"plain types, and loading it could run arbitrary code (torch said: {detail.strip()}); "
+            f"re-save it as a plain state dict"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated ({e}). Delete it or pick another.") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first}); delete it or pick another") from e
     if expect:
         have = ckpt.get("model_args", {}) if isinstance(ckpt, dict) else {}
         for key, want in expect.items():
-            if key in have and have[key] != want:
+            if key not in have or have[key] != want:
+                there = f"{key}={have[key]!r}" if key in have else f"no {key}"
                 raise CheckpointError(
-                    f"Checkpoint {path} is from another model: {key}={have[key]!r} there, but this run has "
-                    f"{key}={want!r}. Use a checkpoint of this model, or a fresh run directory."
+                    f"checkpoint {path} is from another model: {there} there, but this run has "
+                    f"{key}={want!r}; use a checkpoint of this model, or a fresh run directory (or resume=null)"
                 )
     return ckpt
 
@@ -100,5 +101,5 @@ def find_resume(resume: str | bool | None, run_dir: str | os.PathLike, name: str
         return p if p.is_file() else None
     p = Path(str(resume))
     if not p.is_file():
-        raise CheckpointError(f"resume={resume!r}: no such checkpoint file. Use resume=auto or a path to last.pt.")
+        raise CheckpointError(f"resume={resume!r}: no such checkpoint file; use resume=auto, resume=null or a path to last.pt")
     return p

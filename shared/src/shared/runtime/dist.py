@@ -76,6 +76,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_gather_objects(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without DDP. A collective."""
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def reduce_metrics(sums: dict[str, float], count: float, device: torch.device | str = "cpu") -> dict[str, float]:
     """Turn per-rank metric *sums* and a per-rank sample ``count`` into global means.
 

@@ -73,6 +73,22 @@ def _fmt_seconds(s: float) -> str:
     return f"{h:d}:{m:02d}:{sec:02d}" if h else f"{m:d}:{sec:02d}"
 
 
+_UPDATES = 0
+
+
+def _fault_point(n: int) -> None:
+    """Fault injection for the resume contract test: with ``REPRO_FAULT_KILL_AFTER=k`` in the environment,
+    the process SIGKILLs itself after its k-th training step (``Progress.update``), as a crash or a pre-empted
+    job would, mid-epoch and without any chance to clean up."""
+    global _UPDATES
+    _UPDATES += n
+    limit = os.environ.get("REPRO_FAULT_KILL_AFTER")
+    if limit and _UPDATES >= int(limit):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Progress:
     """Progress with ETA that reads well both on a terminal and in a log file.
 
@@ -102,6 +118,7 @@ class Progress:
                 f"elapsed {_fmt_seconds(elapsed)} eta {_fmt_seconds(eta)} {post}").strip()
 
     def update(self, n: int = 1, **postfix: Any) -> None:
+        _fault_point(n)
         self.n += n
         self.postfix.update(postfix)
         now = time.perf_counter()
