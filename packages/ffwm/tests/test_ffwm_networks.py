@@ -22,12 +22,15 @@ def test_flownet_outputs_absolute_grids_at_three_scales():
     grids = net(torch.rand(2, 3, 64, 64))
     assert [tuple(g.shape) for g in grids] == [(2, 16, 16, 2), (2, 32, 32, 2), (2, 64, 64, 2)]
     assert all(g.abs().max() < 1 for g in grids)  # tanh heads
-    assert net.widths[-1] == 4 * 16 and len(net.down) == 5  # 64 -> 2x2 at 16 ngf
+    assert net.enc_widths[-1] == 4 * 16 and len(net.down) == 5  # 64 -> 2x2 at 16 ngf
 
 
-def test_flownet_128_has_the_official_depth():
-    net = FlowNet(128, ngf=2)
-    assert len(net.down) == 6 and net.widths == [2, 2, 4, 8, 16, 32, 32]
+def test_flownet_128_has_the_official_layout():
+    net = FlowNet(128, ngf=8)
+    assert len(net.down) == 6 and net.enc_widths == [8, 16, 16, 32, 64, 64, 128]
+    # decoder widths ngf/4, ngf/2, ngf at S, S/2, S/4; encoder skips only below S/4
+    assert [net.inter[str(k)][0].out_channels for k in range(6)] == [2, 4, 8, 16, 32, 64]
+    assert net.inter["2"][0].in_channels == 8 + 2 and net.inter["3"][0].in_channels == 32 + 16 + 2
 
 
 def test_generator_shapes_and_ranges():
@@ -37,6 +40,8 @@ def test_generator_shapes_and_ranges():
     assert [tuple(i.shape) for i in imgs] == [(2, 3, 16, 16), (2, 3, 32, 32), (2, 3, 64, 64)]
     assert all(0 <= i.min() and i.max() <= 1 for i in imgs)
     assert [tuple(a.shape) for a in att] == [(2, 32, 16, 16), (2, 16, 32, 32), (2, 16, 64, 64)]
+    # the official decoder widths: 2 ngf + 4 ngf at S/4, then ngf + 2 ngf + 3 (previous image) at S/2 and S
+    assert [r[0].body[0].in_channels for r in g.dres] == [16 + 32, 8 + 16 + 3, 8 + 16 + 3]
 
 
 def test_generator_needs_flows_unless_plain_skips():
@@ -95,16 +100,17 @@ def test_spectral_norm_keeps_sigma_near_one():
     d.train()
     for _ in range(30):
         d(torch.rand(2, 3, 32, 32))
-    conv = d.nets[0][0][0]
+    conv = d.nets[0][0][0][0]
     w = conv.weight.detach().reshape(conv.weight.shape[0], -1)
     assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_discriminator_scales_and_output():
     d = MSDiscriminator(64, ndf=4)
-    assert d.num_scales == 3  # 64, 32, 16
+    assert d.num_scales == 2  # official: ceil(log2(64 / 16)) = 2 -> 64, 32
     assert d(torch.rand(2, 3, 64, 64)).shape == (2, 1, 8, 8)
-    assert MSDiscriminator(128, ndf=4).num_scales == 4
+    assert MSDiscriminator(128, ndf=4).num_scales == 3
+    assert d.nets[0][0][0][0].kernel_size == (3, 3) and not hasattr(d.nets[0][1], "parametrizations")
 
 
 def test_vgg19_layout_matches_torchvision_indices():
@@ -116,7 +122,7 @@ def test_vgg19_layout_matches_torchvision_indices():
     ours.features.load_state_dict(ref.state_dict())
     x = torch.rand(1, 3, 32, 32)
     feats = ours(x)
-    h = (x - ours.mean) / ours.std
+    h = x  # the official perceptual loss feeds [0, 1] images, not ImageNet-normalised ones
     for i, layer in enumerate(ref):
         h = layer(h)
         if i == 29:
@@ -131,7 +137,7 @@ def test_lightcnn29_shapes_and_gray():
     full = LightCNN29()
     assert full.fc.filter.in_features == 8 * 8 * 128 and full.fc_dim == 256
     x = torch.rand(2, 3, 4, 4)
-    assert torch.allclose(rgb_to_gray(x)[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    assert torch.allclose(rgb_to_gray(x)[:, 0], (x[:, 0] + x[:, 1] + x[:, 2]) / 3)  # official: channel mean
 
 
 def _grad_check(module: nn.Module, loss: torch.Tensor):

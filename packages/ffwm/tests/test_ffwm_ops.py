@@ -153,9 +153,10 @@ def test_local_attn_reshape_matches_the_loop_reference():
 def test_affine_regularization_matches_least_squares(kz):
     torch.manual_seed(2)
     g = base_grid(9, 10, batch=2, dtype=torch.float64) + 0.05 * torch.randn(2, 9, 10, 2, dtype=torch.float64)
-    ours = affine_regularization(g, kz)
-    ref = affine_regularization_reference(g, kz)  # mean over windows of the x + y squared residuals
+    ours = affine_regularization(g, kz, 128)
+    ref = affine_regularization_reference(g, kz, 128)  # mean over windows of the x + y squared residuals
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    assert affine_regularization(g, kz).item() == pytest.approx(ours.item() * (10 / 128) ** 2, rel=1e-9)
 
 
 def test_affine_regularization_is_zero_for_affine_flows():

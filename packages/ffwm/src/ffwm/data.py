@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from shared.errors import ConfigError
 from torch.utils.data import Dataset
 
 from .readers import MultiPIEPairs
@@ -36,4 +37,4 @@ def build_data(cfg: Any) -> Data:
     if d.name == "multipie":
         train = MultiPIEPairs(d.root, "train", int(d.image_size))
         return Data(train, None, f"Multi-PIE train split at {d.root} ({len(train)} pairs)")
-    raise ValueError(f"data.name={d.name!r} is not one of synthetic, multipie")
+    raise ConfigError(f"data.name={d.name!r} is not known; use synthetic or multipie")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from shared.data.faces import generate_faces
+from shared.errors import CheckpointError, ConfigError
 from shared.runtime import save_checkpoint
 
 from .networks import LightCNN29, VGG19Features, rgb_to_gray
@@ -99,7 +100,7 @@ def build_net(kind: str, spec: dict[str, Any], num_classes: int = 0):
     if kind == "lightcnn29":
         return LightCNN29(width=spec["width"], image_size=spec["input_size"], num_classes=num_classes,
                           batch_norm=spec.get("batch_norm", False))
-    raise ValueError(f"unknown feature network {kind!r}; expected vgg19 or lightcnn29")
+    raise ConfigError(f"unknown feature network {kind!r}; use vgg19 or lightcnn29")
 
 
 def synthetic_featnet(kind: str, spec: dict[str, Any], cache_dir: str | os.PathLike):
@@ -135,7 +136,8 @@ def load_vgg19_file(path: str | os.PathLike) -> VGG19Features:
     feats = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(net.features)}
     missing = net.load_state_dict(feats, strict=False).missing_keys
     if missing:
-        raise ValueError(f"{path} is not a torchvision vgg19 state dict: missing {missing[:3]}...")
+        raise CheckpointError(f"{path} is not a torchvision vgg19 state dict (missing {missing[0]}); "
+                              "pass the file torchvision saves for vgg19 (features.* keys)")
     return _freeze(net)
 
 
@@ -146,7 +148,11 @@ def load_lightcnn_file(path: str | os.PathLike) -> LightCNN29:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     num_classes = state["fc2.weight"].shape[0] if "fc2.weight" in state else 0
     net = LightCNN29(width=1.0, image_size=128, num_classes=num_classes)
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} is not a LightCNN-29 checkpoint ({str(e).splitlines()[0]}); pass "
+                              "LightCNN_29Layers_checkpoint.pth.tar or the FFWM release's lightCNN_10_checkpoint.pth") from None
     return _freeze(net)
 
 

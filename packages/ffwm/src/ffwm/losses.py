@@ -59,8 +59,9 @@ def perceptual_loss(vgg, x: torch.Tensor, y: torch.Tensor, weights: Sequence[flo
 
 
 def facial_part_centres(landmarks: torch.Tensor, parts: dict[str, list[int]] = IBUG68_PARTS) -> torch.Tensor:
-    """Centres ``(B, P, 2)`` (pixels) of the facial parts: means of their landmark indices."""
-    return torch.stack([landmarks[:, idx].mean(1) for idx in parts.values()], 1)
+    """Centres ``(B, P, 2)`` (pixels) of the facial parts: the bounding-box centre of each part's landmarks
+    (the official mouth centre; a single landmark -- the official eyes and nose -- is its own centre)."""
+    return torch.stack([(landmarks[:, idx].amin(1) + landmarks[:, idx].amax(1)) / 2 for idx in parts.values()], 1)
 
 
 def crop_patches(img: torch.Tensor, centres: torch.Tensor, patch: int) -> torch.Tensor:
@@ -75,9 +76,14 @@ def crop_patches(img: torch.Tensor, centres: torch.Tensor, patch: int) -> torch.
     return warp(src, grid.reshape(b * p, patch, patch, 2))
 
 
-def facial_part_loss(vgg, x: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, patch: int) -> torch.Tensor:
-    """Perceptual loss on ``patch``-pixel crops around the eyes, nose and mouth of ``x`` and ``y``."""
-    return perceptual_loss(vgg, crop_patches(x, centres, patch), crop_patches(y, centres, patch))
+def facial_part_loss(vgg, x: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, patch: int,
+                     weights: Sequence[float] | None = None) -> torch.Tensor:
+    """``sum_p w_p * perceptual(crop_p(x), crop_p(y))`` over ``patch``-pixel crops around the parts
+    (official: eyes 2 each, nose 1, mouth 1)."""
+    b, p = centres.shape[:2]
+    w = list(weights) if weights is not None else [1.0] * p
+    cx, cy = crop_patches(x, centres, patch), crop_patches(y, centres, patch)  # (b * p, c, patch, patch), b-major
+    return sum(w[k] * perceptual_loss(vgg, cx[k::p], cy[k::p]) for k in range(p))
 
 
 def identity_loss(lightcnn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,12 +100,21 @@ def lsgan_loss(pred: torch.Tensor, real: bool) -> torch.Tensor:
 
 
 def illumination_preserving_loss(outputs: Sequence[torch.Tensor], back_grids: Sequence[torch.Tensor],
-                                 profiles: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                                 profile: torch.Tensor, mask: torch.Tensor | None,
                                  scale_weights: Sequence[float]) -> torch.Tensor:
-    """IPM pathway 1: warp each synthesised frontal back into the profile view with the backward flow
-    and take the masked L1 to the *input profile*: ``sum_s w_s L1(warp(I_out_s, B_s) * M_p, I_p * M_p)``.
-    All sequences are coarse-to-fine ``[S/4, S/2, S]``; ``scale_weights`` in the same order."""
-    return sum(w * masked_l1(warp(o, g), p, m) for o, g, p, m, w in zip(outputs, back_grids, profiles, masks, scale_weights))
+    """IPM pathway 1 (official ``MSL1Loss``): warp each synthesised frontal back into the profile view with
+    the backward flow and take the masked L1 to the *input profile* resized to that scale (bilinear with
+    ``align_corners=True``; the mask nearest): ``sum_s w_s L1(warp(I_out_s, B_s) M_p, I_p M_p)``.
+    ``outputs``/``back_grids`` coarse-to-fine ``[S/4, S/2, S]``; ``scale_weights`` in the same order."""
+    total = 0.0
+    for o, g, w in zip(outputs, back_grids, scale_weights):
+        hw = g.shape[1:3]
+        p = F.interpolate(profile, size=hw, mode="bilinear", align_corners=True) if profile.shape[-2:] != hw else profile
+        m = None
+        if mask is not None:
+            m = F.interpolate(mask, size=hw, mode="nearest") if mask.shape[-2:] != hw else mask
+        total = total + w * masked_l1(warp(o, g), p, m)
+    return total
 
 
 # --------------------------------------------------------------------------- flow pre-training
@@ -114,7 +129,8 @@ def landmark_loss(grid: torch.Tensor, pts_dst: torch.Tensor, pts_src: torch.Tens
     (the source point is visible). The grid is sampled bilinearly at the destination points (our
     points are exact floats; the official code indexes integer Face++ points). ``convention``:
     ``consistent`` normalises the target with the sampling convention (``(2x + 1) / S - 1``);
-    ``official`` uses ``x / (S / 2) - 1`` as the released code does (half a pixel off)."""
+    ``official`` uses ``x / (S / 2) - 1`` as the released code does (half a pixel off). The mean runs over
+    every point and coordinate with the gated ones zeroed (official ``MSELoss(flow * gate, gt * gate)``)."""
     b, m, _ = pts_dst.shape
     where = (2 * pts_dst + 1) / size - 1
     sampled = F.grid_sample(grid.permute(0, 3, 1, 2), where.view(b, 1, m, 2).to(grid.dtype), mode="bilinear",
@@ -126,7 +142,7 @@ def landmark_loss(grid: torch.Tensor, pts_dst: torch.Tensor, pts_src: torch.Tens
     else:
         raise ValueError(f"convention={convention!r}; expected consistent or official")
     g = gate.to(grid.dtype).unsqueeze(-1)
-    return (((sampled - target) ** 2) * g).sum() / (2 * g.sum()).clamp(min=1)
+    return (((sampled - target) * g) ** 2).mean()
 
 
 def multiscale_landmark_loss(grids, pts_dst, pts_src, gate, size: int, weights=(1500.0, 1000.0, 1000.0),
@@ -161,12 +177,15 @@ def correctness_loss(src_feat: torch.Tensor, tgt_feat: torch.Tensor, grid: torch
         cmax = torch.cat([torch.bmm(tn[:, i:i + chunk], sn).amax(-1) for i in range(0, h * w, chunk)], 1)
     cos = F.cosine_similarity(sampled.flatten(2), tgt_feat.flatten(2), dim=1, eps=eps)  # (b, hw)
     loss_map = torch.exp(-cos / (cmax + eps))
-    if mask is not None:
-        m = F.interpolate(mask.float(), size=(h, w), mode="area").flatten(1)
-        return (loss_map * m).sum() / m.sum().clamp(min=1) - math.exp(-1)
+    if mask is not None:  # official: (sum(m * map) - e^-1) / (sum(m) + eps) -- e^-1 is subtracted once
+        m = F.interpolate(mask.float(), size=(h, w), mode="nearest").flatten(1)
+        return ((loss_map * m).sum() - math.exp(-1)) / (m.sum() + eps)
     return loss_map.mean() - math.exp(-1)
 
 
-def multiscale_affine_loss(grids: Sequence[torch.Tensor], kernel_sizes: Sequence[int] = (3, 5, 7)) -> torch.Tensor:
-    """:func:`affine_regularization` with windows 3/5/7 at S/4, S/2, S (coarse to fine)."""
-    return sum(affine_regularization(g, k) for g, k in zip(grids, kernel_sizes))
+def multiscale_affine_loss(grids: Sequence[torch.Tensor], kernel_sizes: Sequence[int] = (3, 5, 7),
+                           scale: float | None = None) -> torch.Tensor:
+    """:func:`affine_regularization` with windows 3/5/7 at S/4, S/2, S (coarse to fine); every grid in the
+    pixel units of the full image (official ``flow2grid``: ``(g + 1) / 2 * 128`` at every scale)."""
+    scale = scale if scale is not None else grids[-1].shape[2]
+    return sum(affine_regularization(g, k, scale) for g, k in zip(grids, kernel_sizes))

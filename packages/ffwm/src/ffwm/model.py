@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .losses import (
@@ -35,11 +36,12 @@ from .losses import (
     perceptual_loss,
     pyramid,
 )
+
 from .networks import FFWMGenerator, FlowNet, MSDiscriminator
 from .ops import guided_filter
 
 __all__ = ["FFWM", "FlowLossConfig", "GenLossConfig", "discriminator_step_loss", "flow_step_loss",
-           "generator_step_loss"]
+           "generator_forward", "generator_loss", "gt_pyramid"]
 
 
 class FFWM(nn.Module):
@@ -81,7 +83,7 @@ class FlowLossConfig:
     landmark: float = 1.0
     landmark_scale_weights: tuple[float, float, float] = (1500.0, 1000.0, 1000.0)  # S/4, S/2, S
     landmark_convention: str = "consistent"
-    sampler: str = "gaussian"
+    sampler: str = "bilinear"  # official default (use_bilinear_sampling=True); "gaussian" = GFLA's Resample2d
     correctness_layers: tuple[int, ...] = (0, 1, 2)  # relu1_1, relu2_1, relu3_1 <-> grids S, S/2, S/4
 
 
@@ -129,53 +131,67 @@ class GenLossConfig:
     adversarial: float = 0.1
     scale_weights: tuple[float, float, float] = (1.5, 1.0, 1.0)  # S/4, S/2, S
     facial_patch_frac: float = 0.25  # 32 px patches at 128
+    facial_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0)  # right eye, left eye, nose, mouth (official)
     preserve: bool = True  # IPM pathway 1 (backward-warp L1 to the input)
-    adapt: bool = True  # IPM pathway 2 (guided filter before every ground-truth loss)
+    adapt: bool = True  # IPM pathway 2 (guided filter before the ground-truth losses)
     warmup_images: int = 20000
     gf_radius_frac: float = 0.25  # r = 32 / 16 / 8 at 128 / 64 / 32
     gf_eps: float = 1e-8
     parts: Any = None  # {part: [landmark indices]}; None = the iBUG-68 parts
 
 
-def adapt_outputs(outputs, gts, cfg: GenLossConfig, active: bool):
-    """IPM pathway 2: ``GF(I_out_s, I_gt_s)`` at every scale when ``active`` (else the raw outputs)."""
-    if not active:
-        return list(outputs)
-    return [guided_filter(o, g, max(1, int(round(o.shape[-1] * cfg.gf_radius_frac))), cfg.gf_eps)
-            for o, g in zip(outputs, gts)]
+def _gf(out: torch.Tensor, gt: torch.Tensor, cfg: GenLossConfig) -> torch.Tensor:
+    return guided_filter(out, gt, max(1, int(round(out.shape[-1] * cfg.gf_radius_frac))), cfg.gf_eps)
 
 
-def generator_step_loss(model: FFWM, vgg, lightcnn, batch: dict[str, torch.Tensor], cfg: GenLossConfig,
-                        images_seen: int):
-    """The generator's loss on one batch: ``(total, terms, fake for the discriminator, real)``."""
-    profile, gt = batch["profile"], batch["frontal"]
-    m_f, m_p = batch["mask_frontal"], batch["mask_profile"]
-    outputs, _, _ = model.frontalize(profile)
-    gts, masks_f = pyramid(gt), pyramid(m_f)
-    adapt_active = cfg.adapt and images_seen >= cfg.warmup_images
-    adapted = adapt_outputs(outputs, gts, cfg, adapt_active)
+def gt_pyramid(gt: torch.Tensor, mask: torch.Tensor):
+    """The ground truth at S/4, S/2, S (bilinear, as the official code) and its mask (nearest)."""
+    s = gt.shape[-1]
+    imgs = [F.interpolate(gt, size=(s // k, s // k), mode="bilinear", align_corners=False) for k in (4, 2)] + [gt]
+    masks = [F.interpolate(mask, size=(s // k, s // k), mode="nearest") for k in (4, 2)] + [mask]
+    return imgs, masks
+
+
+def generator_forward(model: FFWM, batch: dict[str, torch.Tensor], cfg: GenLossConfig) -> dict[str, Any]:
+    """One forward pass shared by the D and G steps: the outputs at three scales, the backward flows and
+    ``gf`` = GF(output, ground truth) at full size (the image D judges; the raw output without the IPM)."""
+    outputs, att, grids = model.frontalize(batch["profile"])
+    back = model.flow_b(batch["profile"]) if cfg.preserve else None
+    gf = _gf(outputs[-1], batch["frontal"], cfg) if cfg.adapt else outputs[-1]
+    m = batch["mask_frontal"]
+    return {"outputs": outputs, "back": back, "gf": gf, "fake": gf * m, "real": batch["frontal"] * m}
+
+
+def generator_loss(model: FFWM, vgg, lightcnn, batch: dict[str, torch.Tensor], fwd: dict[str, Any],
+                   cfg: GenLossConfig, images_seen: int):
+    """The generator's loss ``(total, terms)`` for a forward pass (after the D step, as officially)."""
+    outputs, gt = fwd["outputs"], batch["frontal"]
+    gts, masks_f = gt_pyramid(gt, batch["mask_frontal"])
+    adapt_active = cfg.adapt and images_seen >= cfg.warmup_images  # the official warm-up (`titers`, in images)
+    if adapt_active:  # GF(output, ground truth) at every scale, coarse to fine
+        adapted = [_gf(outputs[0], gts[0], cfg), _gf(outputs[1], gts[1], cfg), fwd["gf"]]
+    else:
+        adapted = list(outputs)
     w = cfg.scale_weights
     terms: dict[str, torch.Tensor] = {}
     terms["l1"] = sum(ws * masked_l1(a, g, m) for ws, a, g, m in zip(w, adapted, gts, masks_f))
     terms["perceptual"] = sum(ws * perceptual_loss(vgg, a * m, g * m) for ws, a, g, m in zip(w, adapted, gts, masks_f))
-    size = profile.shape[-1]
+    size = gt.shape[-1]
     centres = facial_part_centres(batch["landmarks_frontal"], cfg.parts or IBUG68_PARTS)
     patch = max(4, int(round(size * cfg.facial_patch_frac)))
-    terms["facial"] = facial_part_loss(vgg, adapted[-1], gts[-1], centres, patch)
+    terms["facial"] = facial_part_loss(vgg, fwd["gf"], gt, centres, patch, cfg.facial_weights)  # always on GF (official)
     terms["identity"] = (cfg.identity_raw * identity_loss(lightcnn, outputs[-1], gt)
                          + cfg.identity_gf * identity_loss(lightcnn, adapted[-1], gt))
     if cfg.preserve:
-        back = model.flow_b(profile)
-        terms["illumination"] = illumination_preserving_loss(outputs, back, pyramid(profile), pyramid(m_p), w)
-    fake = adapted[-1] * m_f
-    real = gt * m_f
-    terms["adversarial"] = lsgan_loss(model.discriminator(fake), True)
+        terms["illumination"] = illumination_preserving_loss(outputs, fwd["back"], batch["profile"],
+                                                             batch["mask_profile"], w)
+    terms["adversarial"] = lsgan_loss(model.discriminator(fwd["fake"]), True)
     total = (cfg.l1 * terms["l1"] + cfg.perceptual * terms["perceptual"] + cfg.facial * terms["facial"]
              + terms["identity"] + cfg.adversarial * terms["adversarial"])
     if cfg.preserve:
         total = total + cfg.illumination * terms["illumination"]
     terms["adapt_active"] = torch.tensor(float(adapt_active))
-    return total, terms, fake, real
+    return total, terms
 
 
 def discriminator_step_loss(discriminator: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

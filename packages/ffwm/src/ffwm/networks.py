@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from shared.errors import ConfigError
+
 from .ops import hflip, resize_grid, warp
 
 __all__ = [
@@ -40,7 +42,7 @@ def _scales(image_size: int) -> list[int]:
 
 def _check_size(image_size: int, minimum: int = 32) -> None:
     if image_size < minimum or image_size & (image_size - 1):
-        raise ValueError(f"image_size={image_size} must be a power of two >= {minimum}")
+        raise ConfigError(f"image_size={image_size} must be a power of two >= {minimum}; use 32, 64 or 128")
 
 
 def _act() -> nn.Module:
@@ -58,15 +60,19 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """conv3x3-BN-LReLU-conv3x3-BN plus the identity."""
+    """The official residual block: ``act(body(x) + conv1x1(x))`` with body = conv3x3-BN-LReLU-conv3x3-BN
+    (the shortcut is a 1x1 conv, and the activation -- LReLU, or sigmoid in the attention -- follows the sum)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, cin: int, cout: int | None = None, act: str = "lrelu"):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1), nn.BatchNorm2d(ch), _act(),
-                                  nn.Conv2d(ch, ch, 3, 1, 1), nn.BatchNorm2d(ch))
+        cout = cout or cin
+        self.shortcut = nn.Conv2d(cin, cout, 1, 1, 0)
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), _act(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout))
+        self.out = nn.Sigmoid() if act == "sigmoid" else _act()
 
     def forward(self, x):
-        return x + self.body(x)
+        return self.out(self.body(x) + self.shortcut(x))
 
 
 def _cbr(cin: int, cout: int, k: int, s: int, p: int, bn: bool = True) -> nn.Sequential:
@@ -80,13 +86,19 @@ def _cbr(cin: int, cout: int, k: int, s: int, p: int, bn: bool = True) -> nn.Seq
 # ---------------------------------------------------------------------------------- flow networks
 
 
-class FlowNet(nn.Module):
-    """FlowNetS-style encoder-decoder that maps an image to absolute sampling grids at
-    ``S/4, S/2, S`` (``tanh`` heads; ``F.grid_sample`` convention, ``align_corners=False``).
+def _deconv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), _act())
 
-    Encoder: conv0 at S, then stride-2 stages down to 2x2 with widths ``ngf * (1, 2, 4, 8, 16, 16, ...)``
-    (capped at 16 ngf). Decoder: transposed convs back up with the encoder skip and the upsampled
-    coarser grid concatenated at every level; flow heads (3x3 conv + tanh) at the three top levels.
+
+class FlowNet(nn.Module):
+    """FlowNetS-style encoder-decoder (the official ``FlowNet``, after NVIDIA flownet2) mapping an image to
+    absolute sampling grids at ``S/4, S/2, S`` (``tanh`` heads; ``F.grid_sample`` convention).
+
+    Encoder: conv0 (ngf) at S, then stride-2 stages of two convs each down to 2x2 with widths
+    ``ngf * (2, 2, 4, 8, 8, 16)`` at 128 px (the last ``log2(S) - 1`` of them at other sizes). Decoder:
+    a flow is predicted at every level from the bottom up; each level concatenates the deconvolved
+    features, the encoder skip (only below S/4, as in the official code) and the coarser flow upsampled
+    by a learned transposed conv; decoder widths shrink to ``ngf/2, ngf/4`` at S/2 and S. MSRA init.
     F (forward) reads the profile and predicts where each frontal pixel comes from in the profile;
     B (backward) also reads the profile and predicts where each profile pixel comes from in the frontal.
     """
@@ -95,44 +107,51 @@ class FlowNet(nn.Module):
         super().__init__()
         _check_size(image_size)
         self.image_size, self.ngf = image_size, ngf
-        n_down = int(math.log2(image_size)) - 1  # bottom at 2x2
-        widths = [ngf] + [ngf * min(2 ** k, 16) for k in range(n_down)]
-        widths[-1] = ngf * 16
-        self.widths = widths
-        self.conv0 = _cbr(in_channels, widths[0], 3, 1, 1, bn=False)
-        self.down = nn.ModuleList(_cbr(widths[k], widths[k + 1], 4, 2, 1) for k in range(n_down))
-        self.up = nn.ModuleList()
-        self.fuse = nn.ModuleList()
-        self.heads = nn.ModuleDict()
-        self.flow_levels = [n_down - k for k in (2, 1, 0)]  # decoder levels of S/4, S/2, S (counted from the bottom)
-        prev = widths[-1]
-        for lvl in range(1, n_down + 1):  # output of level lvl has resolution S / 2^(n_down - lvl)
-            k = n_down - lvl  # encoder index with the same resolution
-            out = widths[k]
-            self.up.append(nn.Sequential(nn.ConvTranspose2d(prev, out, 4, 2, 1), nn.BatchNorm2d(out), _act()))
-            extra = 2 if lvl - 1 in self.flow_levels else 0  # the coarser grid, when there is one
-            self.fuse.append(_cbr(out + widths[k] + extra, out, 3, 1, 1))
-            if lvl in self.flow_levels:
-                self.heads[str(lvl)] = nn.Conv2d(out, 2, 3, 1, 1)
-            prev = out
+        n = int(math.log2(image_size)) - 1  # stride-2 stages: 128 -> 6, 64 -> 5 (bottom at 2x2)
+        mult = [2, 2, 4, 8, 8, 16][-n:] if n <= 6 else [2] * (n - 6) + [2, 2, 4, 8, 8, 16]
+        enc = [ngf] + [ngf * m for m in mult]  # width after conv0 and after each stage
+        self.enc_widths = enc
+        self.conv0 = _cbr(in_channels, ngf, 3, 1, 1)
+        self.down = nn.ModuleList(nn.Sequential(_cbr(enc[k], enc[k + 1] if k else ngf, 3, 2, 1),
+                                                _cbr(enc[k + 1] if k else ngf, enc[k + 1], 3, 1, 1))
+                                  for k in range(n))
+        # decoder levels l = n-1 .. 0 (resolution S / 2^l); widths: mirror of the encoder, then ngf, ngf/2, ngf/4
+        dec = [max(1, int(ngf * 2.0 ** (lvl - 2))) for lvl in range(n)]  # ngf/4, ngf/2, ngf, 2 ngf, ... (official)
+        self.predict = nn.ModuleDict({str(n): nn.Sequential(nn.Conv2d(enc[n], 2, 3, 1, 1), nn.Tanh())})
+        self.up_flow = nn.ModuleDict()
+        self.deconv = nn.ModuleDict()
+        self.inter = nn.ModuleDict()
+        concat = enc[n]  # channels of the previous level's concatenation (the bottom: its features)
+        for lvl in range(n - 1, -1, -1):
+            skip = enc[lvl] if lvl >= 3 else 0  # encoder skips only below S/4 (as in the official decoder)
+            self.deconv[str(lvl)] = _deconv(concat, dec[lvl])
+            self.up_flow[str(lvl)] = nn.ConvTranspose2d(2, 2, 4, 2, 1)
+            concat = skip + dec[lvl] + 2
+            self.inter[str(lvl)] = _cbr(concat, dec[lvl], 3, 1, 1)
+            self.predict[str(lvl)] = nn.Sequential(nn.Conv2d(dec[lvl], 2, 3, 1, 1), nn.Tanh())
+        self.levels = n
+        for m in self.modules():  # official: initialize_msra
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Grids ``[(B, S/4, S/4, 2), (B, S/2, S/2, 2), (B, S, S, 2)]``."""
         feats = [self.conv0(x)]
         for d in self.down:
             feats.append(d(feats[-1]))
-        h = feats[-1]
-        n_down = len(self.down)
-        grids: list[torch.Tensor] = []
-        for lvl in range(1, n_down + 1):
-            h = self.up[lvl - 1](h)
-            parts = [h, feats[n_down - lvl]]
-            if lvl - 1 in self.flow_levels:
-                parts.append(resize_grid(grids[-1], h.shape[-1]).permute(0, 3, 1, 2))
-            h = self.fuse[lvl - 1](torch.cat(parts, 1))
-            if lvl in self.flow_levels:
-                grids.append(torch.tanh(self.heads[str(lvl)](h)).permute(0, 2, 3, 1))
-        return grids
+        n = self.levels
+        concat = feats[n]
+        flow = self.predict[str(n)](concat)
+        flows = {}
+        for lvl in range(n - 1, -1, -1):
+            parts = [self.deconv[str(lvl)](concat), self.up_flow[str(lvl)](flow)]
+            if lvl >= 3:
+                parts.insert(0, feats[lvl])
+            concat = torch.cat(parts, 1)
+            flow = self.predict[str(lvl)](self.inter[str(lvl)](concat))
+            flows[lvl] = flow
+        return [flows[lvl].permute(0, 2, 3, 1) for lvl in (2, 1, 0)]
 
 
 # ---------------------------------------------------------------------------------- the generator
@@ -140,8 +159,8 @@ class FlowNet(nn.Module):
 
 class WarpAttentionModule(nn.Module):
     """Warp an encoder feature with the flow, concatenate its horizontal flip (facial symmetry fills
-    what the profile hides), and gate the result with a sigmoid attention map of the same channels
-    (conv + residual block + sigmoid) computed from it."""
+    what the profile hides), and gate the result with an attention map of the same channels computed
+    from it (official ``att_i``: conv-BN-LReLU, then a residual block whose activation is a sigmoid)."""
 
     def __init__(self, ch: int, flip: bool = True, attention: bool = True):
         super().__init__()
@@ -149,7 +168,7 @@ class WarpAttentionModule(nn.Module):
         self.out_channels = ch * (2 if flip else 1)
         if attention:
             c = self.out_channels
-            self.attention = nn.Sequential(_cbr(c, c, 3, 1, 1), ResBlock(c), nn.Sigmoid())
+            self.attention = nn.Sequential(_cbr(c, c, 3, 1, 1), ResBlock(c, c, act="sigmoid"))
 
     def forward(self, feat: torch.Tensor, grid: torch.Tensor | None):
         w = warp(feat, grid) if grid is not None else feat
@@ -162,7 +181,7 @@ class WarpAttentionModule(nn.Module):
 
 
 class _Up(nn.Module):
-    """conv3x3 to 4x channels + PixelShuffle(2) + BN + LReLU."""
+    """conv3x3 to 4x channels + PixelShuffle(2) + BN + LReLU (official ``PixelSuffleBlock``)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -173,35 +192,36 @@ class _Up(nn.Module):
 
 
 class FFWMGenerator(nn.Module):
-    """The FFWM generator (official ``FFWM(num_layers=3, isflip=True, sn=True)``).
+    """The FFWM generator (official ``FFWM(num_layers=3, isflip=True, sn=True)``), widths in units of ngf.
 
-    Encoder e0 (7x7, ngf, S, + res block), e1 (4x4/2, ngf, S/2), e2 (2 ngf, S/4), e3 (4 ngf, S/8), each
-    with BN, LReLU and a res block. Three decoder levels (PixelShuffle up-blocks to 2 ngf @ S/4, ngf @ S/2,
-    ngf @ S); at level i the skip feature (e2, e1, e0) enters through a Warp Attention Module driven by
-    the forward flow at that scale, is concatenated with the decoder feature and the x2-upsampled
-    previous output, fused (conv, two res blocks), and a 3x3 conv + sigmoid gives that scale's image.
+    Encoder e0 (7x7 conv + LReLU + res block, ngf, S; no BN), e1 (4x4/2, ngf, S/2), e2 (2 ngf, S/4),
+    e3 (4 ngf, S/8), each conv-BN-LReLU + res block. Three decoder levels: a PixelShuffle up-block (to 2 ngf,
+    ngf, ngf), the skip feature (e2, e1, e0) through a Warp Attention Module driven by the forward flow at
+    that scale, concatenated with the up-block output and (levels 1, 2) the x2-upsampled previous output;
+    two residual blocks at that full width; a 3x3 conv + sigmoid gives the scale's image. Spectral norm on
+    every conv (``sn``).
 
-    ``skip`` selects the skip connection: ``wam`` (the paper), ``noflip`` (WAM without the flipped copy),
-    ``noatt`` (warp + flip, no attention), ``unet`` (plain U-Net skips: encoder features, not warped),
-    ``none`` (no skips: encoder-decoder).
+    ``skip``: ``wam`` (the paper), ``noflip`` (WAM without the flipped copy), ``noatt`` (warp + flip, no
+    attention), ``unet`` (plain U-Net skips: the encoder features, not warped), ``none`` (no skips).
     """
 
     def __init__(self, image_size: int = 128, ngf: int = 64, skip: str = "wam", sn: bool = True):
         super().__init__()
         _check_size(image_size)
         if skip not in SKIP_MODES:
-            raise ValueError(f"skip={skip!r}; expected one of {SKIP_MODES}")
+            raise ConfigError(f"skip={skip!r} is not a known skip mode; use one of {', '.join(SKIP_MODES)}")
         self.image_size, self.ngf, self.skip = image_size, ngf, skip
-        self.e0 = nn.Sequential(_cbr(3, ngf, 7, 1, 3), ResBlock(ngf))
+        self.e0 = nn.Sequential(_cbr(3, ngf, 7, 1, 3, bn=False), ResBlock(ngf))
         self.e1 = nn.Sequential(_cbr(ngf, ngf, 4, 2, 1), ResBlock(ngf))
         self.e2 = nn.Sequential(_cbr(ngf, 2 * ngf, 4, 2, 1), ResBlock(2 * ngf))
         self.e3 = nn.Sequential(_cbr(2 * ngf, 4 * ngf, 4, 2, 1), ResBlock(4 * ngf))
         skip_ch = [2 * ngf, ngf, ngf]  # e2, e1, e0
-        dec_ch = [2 * ngf, ngf, ngf]
-        self.ups = nn.ModuleList([_Up(4 * ngf, dec_ch[0]), _Up(dec_ch[0], dec_ch[1]), _Up(dec_ch[1], dec_ch[2])])
+        up_ch = [2 * ngf, ngf, ngf]
+        self.ups = nn.ModuleList()
         self.wams = nn.ModuleList()
-        self.fuse = nn.ModuleList()
+        self.dres = nn.ModuleList()
         self.to_img = nn.ModuleList()
+        prev = 4 * ngf
         for i in range(3):
             if skip in ("wam", "noflip", "noatt"):
                 wam = WarpAttentionModule(skip_ch[i], flip=skip != "noflip", attention=skip != "noatt")
@@ -210,9 +230,11 @@ class FFWMGenerator(nn.Module):
             else:
                 self.wams.append(nn.Identity())
                 s_ch = skip_ch[i] if skip == "unet" else 0
-            cin = dec_ch[i] + s_ch + (3 if i else 0)
-            self.fuse.append(nn.Sequential(_cbr(cin, dec_ch[i], 3, 1, 1), ResBlock(dec_ch[i]), ResBlock(dec_ch[i])))
-            self.to_img.append(nn.Sequential(nn.Conv2d(dec_ch[i], 3, 3, 1, 1), nn.Sigmoid()))
+            self.ups.append(_Up(prev, up_ch[i]))
+            width = up_ch[i] + s_ch + (3 if i else 0)
+            self.dres.append(nn.Sequential(ResBlock(width), ResBlock(width)))
+            self.to_img.append(nn.Sequential(nn.Conv2d(width, 3, 3, 1, 1), nn.Sigmoid()))
+            prev = width
         if sn:
             apply_spectral_norm(self)
 
@@ -229,17 +251,17 @@ class FFWMGenerator(nn.Module):
         h, img = e3, None
         images, attentions = [], []
         for i in range(3):
-            h = self.ups[i](h)
-            parts = [h]
+            parts = []
             if self.skip in ("wam", "noflip", "noatt"):
                 s, a = self.wams[i](skips[i], grids[i])
                 parts.append(s)
                 attentions.append(a)
             elif self.skip == "unet":
                 parts.append(skips[i])
+            parts.append(self.ups[i](h))
             if img is not None:
                 parts.append(F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False))
-            h = self.fuse[i](torch.cat(parts, 1))
+            h = self.dres[i](torch.cat(parts, 1))
             img = self.to_img[i](h)
             images.append(img)
         return images, (attentions if attentions and attentions[0] is not None else None)
@@ -249,27 +271,26 @@ class FFWMGenerator(nn.Module):
 
 
 class MSDiscriminator(nn.Module):
-    """Multi-scale discriminator (InGAN style): one sub-net per scale of the input (S, S/2, ... down
-    to 16 px), each three stride-2 spectral-norm convs (BN after the first) with LReLU and a 1x1 head;
-    the per-scale score maps are upsampled to the finest map's size and summed. Trained with LSGAN."""
+    """Multi-scale discriminator (official, after InGAN): one sub-net per scale ``S, S/2, ...`` with
+    ``ceil(log2(S / 16))`` scales (3 at 128 px, 2 at 64), each three stride-2 3x3 spectral-norm convs with
+    BN and LReLU and a plain 1x1 head; the input is bilinearly downscaled for each scale and the score
+    maps are upsampled to the finest map's size and summed. Trained with LSGAN."""
 
     def __init__(self, image_size: int = 128, ndf: int = 64, min_size: int = 16, sn: bool = True):
         super().__init__()
-        self.num_scales = max(1, int(math.log2(image_size // min_size)) + 1)
+        self.num_scales = max(1, math.ceil(math.log2(image_size / min_size)))
         self.nets = nn.ModuleList()
         for _ in range(self.num_scales):
-            self.nets.append(nn.Sequential(_cbr(3, ndf, 4, 2, 1, bn=False), _cbr(ndf, 2 * ndf, 4, 2, 1),
-                                           _cbr(2 * ndf, 4 * ndf, 4, 2, 1), nn.Conv2d(4 * ndf, 1, 1)))
-        if sn:
-            apply_spectral_norm(self)
+            body = nn.Sequential(_cbr(3, ndf, 3, 2, 1), _cbr(ndf, 2 * ndf, 3, 2, 1), _cbr(2 * ndf, 4 * ndf, 3, 2, 1))
+            if sn:
+                apply_spectral_norm(body)
+            self.nets.append(nn.Sequential(body, nn.Conv2d(4 * ndf, 1, 1)))  # the head has no spectral norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        for k, net in enumerate(self.nets):
-            if k:
-                x = F.avg_pool2d(x, 2)
-            y = net(x)
-            out = y if out is None else out + F.interpolate(y, size=out.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.nets[0](x)
+        for k in range(1, self.num_scales):
+            y = self.nets[k](F.interpolate(x, scale_factor=0.5 ** k, mode="bilinear", align_corners=False))
+            out = out + F.interpolate(y, size=out.shape[-2:], mode="bilinear", align_corners=False)
         return out
 
 
@@ -290,8 +311,9 @@ class VGG19Features(nn.Module):
     ImageNet-normalised input. ``num_classes`` adds a pooled linear head (used only to train the
     synthetic stand-in)."""
 
-    def __init__(self, width: float = 1.0, num_classes: int = 0, batch_norm: bool = False):
+    def __init__(self, width: float = 1.0, num_classes: int = 0, batch_norm: bool = False, normalize: bool = False):
         super().__init__()
+        self.normalize = normalize  # the official loss feeds [0, 1] images without ImageNet normalisation
         layers: list[nn.Module] = []
         taps, cin = [], 3
         for v in _VGG19:
@@ -315,7 +337,7 @@ class VGG19Features(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = (x - self.mean) / self.std
+        h = (x - self.mean) / self.std if self.normalize else x
         outs = []
         for i, layer in enumerate(self.features):
             h = layer(h)
@@ -328,9 +350,9 @@ class VGG19Features(nn.Module):
 
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma of ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` (LightCNN takes grayscale)."""
-    w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    """``(B, 3, H, W) -> (B, 1, H, W)``: the channel mean, as the official identity loss and test feed
+    LightCNN (not a luma weighting)."""
+    return x.mean(1, keepdim=True)
 
 
 class _MFM(nn.Module):

@@ -146,7 +146,9 @@ def guided_filter(x: torch.Tensor, y: torch.Tensor, r: int, eps: float = 1e-8) -
     Differentiable in ``x``."""
     if x.shape != y.shape:
         raise ValueError(f"guide {tuple(x.shape)} and target {tuple(y.shape)} must have the same shape")
-    return _guided_filter(x, y, r, eps, box_sum)
+    with torch.autocast(x.device.type, enabled=False):  # window variances need float32 (eps = 1e-8)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        return _guided_filter(x.to(dtype), y.to(dtype), r, eps, box_sum)
 
 
 def guided_filter_naive(x: torch.Tensor, y: torch.Tensor, r: int, eps: float = 1e-8) -> torch.Tensor:
@@ -291,12 +293,15 @@ def _affine_residual_operator(kz: int, dtype=torch.float64) -> torch.Tensor:
     return k.T @ k
 
 
-def affine_regularization(grid: torch.Tensor, kz: int) -> torch.Tensor:
+def affine_regularization(grid: torch.Tensor, kz: int, scale: float | None = None) -> torch.Tensor:
     """GFLA's affine regulariser of a flow: the mean over all ``kz x kz`` windows (valid positions)
-    of the squared residual of the best local affine fit of the sampling positions, in pixels, summed
-    over x and y. Built from :func:`local_attn_reshape` and :func:`block_extractor` like the original."""
+    of the squared residual of the best local affine fit of the sampling positions, summed over x and y.
+    Positions are ``(g + 1) / 2 * scale`` (official: scale 128 = the image side, at every flow scale;
+    default: the grid's own width). Built from :func:`local_attn_reshape` and :func:`block_extractor`
+    like the original."""
     b, h, w, _ = grid.shape
-    pix = torch.stack([norm_to_pixel(grid[..., 0], w), norm_to_pixel(grid[..., 1], h)], 1)  # (b, 2, h, w)
+    scale = float(scale if scale is not None else w)
+    pix = ((grid + 1) / 2 * scale).permute(0, 3, 1, 2)  # (b, 2, h, w)
     weights = _affine_residual_operator(kz).to(grid.dtype).reshape(kz * kz, 1, kz, kz)
     ho, wo = h - kz + 1, w - kz + 1
     ii, jj = torch.meshgrid(torch.arange(ho, device=grid.device, dtype=grid.dtype),
@@ -311,11 +316,11 @@ def affine_regularization(grid: torch.Tensor, kz: int) -> torch.Tensor:
     return total
 
 
-def affine_regularization_reference(grid: torch.Tensor, kz: int) -> torch.Tensor:
+def affine_regularization_reference(grid: torch.Tensor, kz: int, scale: float | None = None) -> torch.Tensor:
     """Float64 least-squares reference of :func:`affine_regularization` (explicit fit per window)."""
     g = grid.detach().double()
     b, h, w, _ = g.shape
-    pix = torch.stack([norm_to_pixel(g[..., 0], w), norm_to_pixel(g[..., 1], h)], -1)
+    pix = (g + 1) / 2 * float(scale if scale is not None else w)
     yy, xx = torch.meshgrid(torch.arange(kz, dtype=torch.float64), torch.arange(kz, dtype=torch.float64), indexing="ij")
     a = torch.stack([xx.reshape(-1), yy.reshape(-1), torch.ones(kz * kz, dtype=torch.float64)], 1)
     tot, cnt = 0.0, 0

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from shared.data import DatasetNotFoundError
+from shared.errors import DatasetFormatError, DatasetNotFoundError
 from torch.utils.data import Dataset
 
 MULTIPIE_URL = "https://www.cs.cmu.edu/afs/cs/project/PIE/MultiPie/Multi-Pie/Home.html"
@@ -45,10 +45,6 @@ ANGLE_GROUPS = {15: ("050", "140"), 30: ("041", "130"), 45: ("080", "190"), 60: 
                 75: ("010", "120"), 90: ("110", "240")}
 _NAME = re.compile(r"^(\d{3})_(\d{2})_(\d{2})_(\d{3})_(\d{2})$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-class DatasetFormatError(ValueError):
-    """A dataset that is present but not in the expected format."""
 
 
 @dataclass(frozen=True)

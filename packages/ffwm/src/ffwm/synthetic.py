@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from shared.data.faces import FLIP_PERMUTATION, identity_model, render, rotation_matrices, sample_params
+from shared.errors import ConfigError
 from torch.utils.data import Dataset
 
 log = logging.getLogger("ffwm")
@@ -152,7 +153,7 @@ def _render_rgb(params, size: int, identity_seed: int, noise: float) -> np.ndarr
 def make_pairs(cfg: PairConfig) -> dict[str, np.ndarray]:
     """Render ``cfg.n`` pairs (see the module docstring). Deterministic in ``cfg``."""
     if cfg.gt_light not in GT_LIGHTS:
-        raise ValueError(f"gt_light={cfg.gt_light!r}; expected one of {GT_LIGHTS}")
+        raise ConfigError(f"gt_light={cfg.gt_light!r} is not known; use one of {', '.join(GT_LIGHTS)}")
     rng = np.random.default_rng([cfg.seed, 7919])
     n, size = cfg.n, cfg.size
     ids = cfg.id_offset + rng.integers(0, cfg.num_identities, n)

@@ -20,11 +20,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.distributed as tdist
 from omegaconf import DictConfig
 
+from shared.cli import hydra_main
+from shared.errors import CheckpointError, check_choice, check_range, require
 from shared.runtime import (
     Progress,
     epoch_loader,
@@ -41,8 +42,11 @@ from .data import build_data
 from .evaluate import evaluate_pairs, save_grid
 from .evaluate_real import evaluate_lfw, evaluate_multipie
 from .featnets import build_feature_nets
-from .model import FFWM, FlowLossConfig, GenLossConfig, discriminator_step_loss, flow_step_loss, generator_step_loss
+from .model import (FFWM, FlowLossConfig, GenLossConfig, discriminator_step_loss, flow_step_loss, generator_forward,
+                    generator_loss)
+from .losses import IBUG68_PARTS
 from .networks import SKIP_MODES
+from .synthetic import GT_LIGHTS
 
 log = logging.getLogger("ffwm")
 
@@ -69,34 +73,47 @@ def gen_loss_config(cfg: DictConfig) -> GenLossConfig:
     return GenLossConfig(l1=w.l1, perceptual=w.perceptual, facial=w.facial, identity_raw=w.identity_raw,
                          identity_gf=w.identity_gf, illumination=w.illumination, adversarial=w.adversarial,
                          scale_weights=tuple(w.scale_weights), facial_patch_frac=w.facial_patch_frac,
-                         preserve=bool(cfg.method.preserve), adapt=bool(cfg.method.adapt),
+                         facial_weights=tuple(w.facial_weights), preserve=bool(cfg.method.preserve),
+                         adapt=bool(cfg.method.adapt),
                          warmup_images=int(w.warmup_images), gf_radius_frac=w.gf_radius_frac, gf_eps=w.gf_eps,
                          parts=to_plain(w.parts) if w.get("parts") else None)
 
 
 def validate(cfg: DictConfig) -> None:
     """Every registry name and value range, before any data or model is built."""
-    checks = [("method.skip", cfg.method.skip, SKIP_MODES),
-              ("flow.loss.sampler", cfg.flow.loss.sampler, ("gaussian", "bilinear")),
-              ("flow.loss.landmark_convention", cfg.flow.loss.landmark_convention, ("consistent", "official")),
-              ("data.name", cfg.data.name, ("synthetic", "multipie"))]
-    for key, value, choices in checks:
-        if value not in choices:
-            raise ValueError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}; fix the override.")
-    size = int(cfg.data.image_size)
-    if size < 32 or size & (size - 1):
-        raise ValueError(f"data.image_size={size} must be a power of two >= 32 (e.g. 64 or 128).")
-    for key in ("flow.steps", "gen.steps"):
-        if int(_get(cfg, key)) < 0:
-            raise ValueError(f"{key}={_get(cfg, key)} must be >= 0.")
-    for key in ("batch_size", "flow.batch_size", "model.ngf", "model.ndf", "model.flow_ngf"):
-        if int(_get(cfg, key)) < 1:
-            raise ValueError(f"{key}={_get(cfg, key)} must be >= 1.")
-    for key in ("gen.lr", "gen.flow_lr", "flow.lr"):
-        if not float(_get(cfg, key)) > 0:
-            raise ValueError(f"{key}={_get(cfg, key)} must be > 0.")
-    if cfg.amp:
-        raise ValueError("amp is not supported by ffwm (the guided filter's variance needs float32); use amp=false.")
+    check_choice("method.skip", cfg.method.skip, SKIP_MODES)
+    check_choice("flow.loss.sampler", cfg.flow.loss.sampler, ("gaussian", "bilinear"))
+    check_choice("flow.loss.landmark_convention", cfg.flow.loss.landmark_convention, ("consistent", "official"))
+    check_choice("data.name", cfg.data.name, ("synthetic", "multipie"))
+    size = cfg.data.image_size
+    check_range("data.image_size", size, 32, integer=True)
+    require(int(size) & (int(size) - 1) == 0, f"data.image_size={size} is not a power of two",
+            "use 32, 64 or 128 (the flows and outputs live at size/4, size/2 and size)")
+    if cfg.data.name == "synthetic":
+        check_choice("data.gt_light", cfg.data.gt_light, GT_LIGHTS)
+        check_range("data.n_train", cfg.data.n_train, 1, integer=True)
+        check_range("data.n_test", cfg.data.n_test, 1, integer=True)
+        for a in cfg.data.yaws:
+            check_range("data.yaws[]", a, 0, 90)
+    for key in ("flow.steps", "gen.steps", "loss.warmup_images", "checkpoint_every"):
+        check_range(key, _get(cfg, key), 0, integer=True)
+    for key in ("batch_size", "eval_batch_size", "flow.batch_size", "model.ngf", "model.ndf", "model.flow_ngf",
+                "log_every"):
+        check_range(key, _get(cfg, key), 1, integer=True)
+    require(len(cfg.loss.facial_weights) == len(cfg.loss.parts or IBUG68_PARTS),
+            f"loss.facial_weights has {len(cfg.loss.facial_weights)} entries for {len(cfg.loss.parts or IBUG68_PARTS)} parts",
+            "give one weight per facial part")
+    for key in ("gen.lr", "gen.flow_lr", "flow.lr", "loss.gf_eps"):
+        check_range(key, _get(cfg, key), 0, lo_inclusive=False)
+    for key in ("l1", "perceptual", "facial", "identity_raw", "identity_gf", "illumination", "adversarial"):
+        check_range(f"loss.{key}", cfg.loss[key], 0)
+    check_range("loss.gf_radius_frac", cfg.loss.gf_radius_frac, 0, 1, lo_inclusive=False)
+    check_range("gen.lr_decay_every", cfg.gen.lr_decay_every, 1, integer=True, allow_none=True)
+    for key in ("weights", "flow.pretrained", "features.perceptual_weights", "features.identity_weights",
+                "features.eval_identity_weights"):
+        v = _get(cfg, key)
+        require(v is None or Path(str(v)).expanduser().is_file(), f"{key}={v!r} is not an existing file",
+                f"pass a local file or {key}=null")
 
 
 def _get(cfg: DictConfig, dotted: str):
@@ -133,29 +150,36 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def load_flows(model: FFWM, path: str | Path) -> None:
-    """Load F and B from a ``flows.pt`` (or a ``last.pt``) of another run."""
+def load_weights(model: FFWM, path: str | Path, flows_only: bool = False) -> None:
+    """Initialise from a ``flows.pt`` or ``last.pt`` of this package (``flows_only``: F and B only)."""
     ckpt = load_checkpoint(path)
-    state = ckpt.get("flows") or {k: v for k, v in ckpt["model"].items() if k.startswith(("flow_f.", "flow_b."))}
-    missing = model.load_state_dict(state, strict=False)
-    if any(k.startswith("flow_") for k in missing.missing_keys):
-        raise ValueError(f"{path} holds no complete flow_f/flow_b weights (missing {missing.missing_keys[:2]}).")
+    state = ckpt.get("flows") or ckpt.get("model") or {}
+    if flows_only:
+        state = {k: v for k, v in state.items() if k.startswith(("flow_f.", "flow_b."))}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and (not flows_only or k.startswith(("flow_f.", "flow_b.")))]
+    if bad or (flows_only and missing) or not state:
+        raise CheckpointError(f"{path} does not fit this model ({(bad or missing or ['no weights'])[0]!r} differs or "
+                              "is missing); use a flows.pt/last.pt written by ffwm with the same model and data.image_size")
+    model.load_state_dict(state, strict=False)
 
 
 def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     validate(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    ctx = start_run(cfg, out_dir, device=cfg.device, seed=cfg.seed)
-    dev = ctx.device
+    ctx = start_run(cfg, out_dir)
+    dev, amp = ctx.device, ctx.amp
 
     # data -> feature networks -> model -> optimisers
     data = build_data(cfg)
+    log.info("data: %s", data.description)
     vgg, idnet, evalnet, feat_info = build_feature_nets(cfg.features, cfg.cache_dir)
     vgg, idnet = vgg.to(dev), idnet.to(dev)
     for k, v in feat_info.items():
         log.info("%s network: %s", k, v)
     model = build_model(cfg).to(dev)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
     _broadcast_state(model, ctx)
     betas = tuple(cfg.gen.betas)
     opt_flow = torch.optim.Adam(model.flow_parameters(), lr=cfg.flow.lr, betas=tuple(cfg.flow.betas))
@@ -172,22 +196,23 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         opt_d.load_state_dict(ckpt["optimizer_d"])
         sched_d.load_state_dict(ckpt["scheduler_d"])
         opt_flow.load_state_dict(ckpt["optimizer_flow"])
+        amp.load_state_dict(ckpt.get("amp"))
         ctx.metrics.truncate_after("step", step)
     flow_steps = int(cfg.flow.steps)
     if cfg.flow.pretrained:
         if not ckpt:
-            load_flows(model, cfg.flow.pretrained)
+            load_weights(model, cfg.flow.pretrained, flows_only=True)
             log.info("flows F and B loaded from %s; no flow pre-training", cfg.flow.pretrained)
         flow_steps = 0
     total = flow_steps + int(cfg.gen.steps)
     max_steps = min(total, int(cfg.max_steps)) if cfg.max_steps is not None else total
     world = ctx.dist.world_size
 
-    def checkpoint(stage: str) -> None:
+    def checkpoint() -> None:  # a collective under DDP: every rank calls it, rank 0 writes
         save_training_state(ctx.run_dir / "last.pt", ctx, model=model, optimizer=opt_g, scheduler=sched_g,
-                            step=step, epoch=0, cfg=cfg, model_args=margs, stage=stage,
+                            step=step, epoch=0, cfg=cfg, model_args=margs, stage="flow" if step < flow_steps else "gen",
                             optimizer_d=opt_d.state_dict(), scheduler_d=sched_d.state_dict(),
-                            optimizer_flow=opt_flow.state_dict())
+                            optimizer_flow=opt_flow.state_dict(), amp=amp.state_dict())
 
     def batches(stage_index: int, local_step: int, bs: int):
         """Batches from ``local_step`` on; the order depends only on (seed, stage, epoch)."""
@@ -207,19 +232,20 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                             enabled=ctx.is_main)
         for batch in batches(1, step, int(cfg.flow.batch_size)):
             batch = _to(batch, dev)
-            loss, terms = flow_step_loss(model, vgg, batch, flow_cfg)
+            with amp.autocast():
+                loss, terms = flow_step_loss(model, vgg, batch, flow_cfg)
             opt_flow.zero_grad(set_to_none=True)
-            loss.backward()
+            amp.backward(loss)
             _sync_grads(model.flow_parameters(), ctx)
-            opt_flow.step()
+            amp.step(opt_flow)
             step += 1
-            progress.update(loss=loss.item(), lm=terms["f_landmark"].item())
             if step % cfg.log_every == 0 or step == flow_steps:
                 ctx.metrics.log(step=step, stage="flow", loss=loss.item(), **{k: v.item() for k, v in terms.items()})
+            if ckpt_every and step % ckpt_every == 0 and step < min(flow_steps, max_steps):
+                checkpoint()
+            progress.update(loss=loss.item(), lm=terms["f_landmark"].item())
             if step >= min(flow_steps, max_steps):
                 break
-            if ckpt_every and step % ckpt_every == 0 and ctx.is_main:
-                checkpoint("flow")
         if step == flow_steps and ctx.is_main:
             save_checkpoint({"flows": {k: v for k, v in model.state_dict().items() if k.startswith(("flow_f.", "flow_b."))},
                              "model_args": margs, "config": to_plain(cfg)}, ctx.run_dir / "flows.pt")
@@ -233,32 +259,35 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         g_params = model.generator_parameters() + model.flow_parameters()
         for batch in batches(2, step - flow_steps, bs):
             batch = _to(batch, dev)
-            images_seen = (step - flow_steps) * bs * world
-            model.discriminator.requires_grad_(False)
-            loss_g, terms, fake, real = generator_step_loss(model, vgg, idnet, batch, gen_cfg, images_seen)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            _sync_grads(g_params, ctx)
-            opt_g.step()
+            images_seen = (step - flow_steps) * bs * world  # the official `titers` (images, not steps)
+            with amp.autocast():  # one forward pass, then D's step, then G's (the official order)
+                fwd = generator_forward(model, batch, gen_cfg)
             model.discriminator.requires_grad_(True)
-            loss_d = discriminator_step_loss(model.discriminator, fake, real)
+            with amp.autocast():
+                loss_d = discriminator_step_loss(model.discriminator, fwd["fake"], fwd["real"])
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            amp.backward(loss_d)
             _sync_grads(model.discriminator.parameters(), ctx)
-            opt_d.step()
+            amp.step(opt_d)
+            model.discriminator.requires_grad_(False)
+            with amp.autocast():
+                loss_g, terms = generator_loss(model, vgg, idnet, batch, fwd, gen_cfg, images_seen)
+            opt_g.zero_grad(set_to_none=True)
+            amp.backward(loss_g)
+            _sync_grads(g_params, ctx)
+            amp.step(opt_g)
             sched_g.step()
             sched_d.step()
             step += 1
-            progress.update(g=loss_g.item(), d=loss_d.item())
             if step % cfg.log_every == 0 or step == total:
                 ctx.metrics.log(step=step, stage="gen", loss_g=loss_g.item(), loss_d=loss_d.item(),
                                 **{k: float(v.detach()) for k, v in terms.items()})
+            if ckpt_every and step % ckpt_every == 0 and step < max_steps:
+                checkpoint()
+            progress.update(g=loss_g.item(), d=loss_d.item())
             if step >= max_steps:
                 break
-            if ckpt_every and step % ckpt_every == 0 and ctx.is_main:
-                checkpoint("gen")
-    if ctx.is_main:
-        checkpoint("flow" if step < flow_steps else "gen")
+    checkpoint()
 
     # ----------------------------------------------------------------------------- evaluation
     result: dict[str, Any] = {"step": step, "stage": "flow" if step < flow_steps else "gen",
@@ -270,7 +299,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                   title=f"synthetic test pairs, method {cfg.method.name}, step {step}")
         if cfg.save_per_sample:
             torch.save({k: torch.from_numpy(v) for k, v in ev["per_sample"].items()}, ctx.run_dir / "per_sample.pt")
-    if cfg.data.name == "multipie" and ctx.is_main:
+    model.discriminator.requires_grad_(True)
+    if cfg.data.name == "multipie" and ctx.is_main:  # rank-1 on the test split (Setting 2)
         mp = evaluate_multipie(model, evalnet.to(dev), cfg.data.root, int(cfg.data.image_size), dev,
                                int(cfg.eval_batch_size), cfg.eval.gallery_list)
         result.update({f"multipie_rank1_{k}": v for k, v in mp["rank1_by_angle"].items()})
@@ -290,7 +320,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
     fit(cfg, hydra_run_dir())
 
