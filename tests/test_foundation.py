@@ -420,3 +420,25 @@ def test_split_list_files_are_checked_when_built(tmp_path):
     check_files_exist([tmp_path / "x.png"], tmp_path / "list.txt", "Toy", "get it")
     with pytest.raises(DatasetNotFoundError, match=r"the 1 file\(s\) listed in list.txt \(missing: .*y.png\)"):
         check_files_exist([tmp_path / "x.png", tmp_path / "y.png"], tmp_path / "list.txt", "Toy", "get it")
+
+
+def test_git_state_counts_code_changes_not_generated_reports(tmp_path):
+    from shared.provenance import git_state
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "train.py").write_text("x = 1\n")
+    (tmp_path / "results.md").write_text("old\n")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results.md").write_text("new numbers\n")
+    (tmp_path / "run.log").write_text("untracked\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "train.py").write_text("x = 2\n")
+    st = git_state(tmp_path)
+    assert st["dirty"] is True and st["dirty_files"] == ["train.py"]

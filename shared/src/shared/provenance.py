@@ -43,9 +43,15 @@ def load_average() -> float | None:
         return None
 
 
+#: Files whose changes make a tree "dirty" for provenance: code and configuration, not generated reports.
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".lock", ".cfg", ".ini", ".sh")
+
+
 def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding this file (tracked
-    files only: untracked run directories do not make the tree dirty)."""
+    """``{"commit": sha or None, "dirty": bool or None, "dirty_files": [...]}`` of the repository holding this
+    file. Only tracked code and configuration files count (``CODE_SUFFIXES``, plus the Makefile): the reports a
+    reproduce or benchmark run writes (markdown, CSV, JSON, PNG) and untracked run directories do not make the
+    tree dirty, so a benchmark run right after a reproduce run still records a clean tree."""
     if cwd is None:
         found = git_state(_REPO)
         return found if found["commit"] else git_state(os.getcwd())
@@ -53,12 +59,14 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return {"commit": None, "dirty": None, "dirty_files": []}
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                 capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+        changed = [line[3:].split(" -> ")[-1] for line in status.stdout.splitlines() if len(line) > 3]
+        code = [f for f in changed if f.endswith(CODE_SUFFIXES) or Path(f).name == "Makefile"]
+        return {"commit": sha.stdout.strip(), "dirty": bool(code), "dirty_files": code[:20]}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "dirty_files": []}
 
 
 def _versions() -> dict[str, str]:

@@ -88,7 +88,8 @@ def _fmt_duration(seconds: float) -> str:
 def _provenance_md(p: dict[str, Any]) -> str:
     git = p.get("git", {})
     commit = (git.get("commit") or "unknown")[:12]
-    tree = {True: "uncommitted changes in the tree", False: "clean tree", None: "tree state unknown"}[git.get("dirty")]
+    tree = {True: "uncommitted code changes: " + ", ".join(git.get("dirty_files", [])[:5]), False: "clean tree",
+            None: "tree state unknown"}[git.get("dirty")]
     m, load, v = p.get("machine", {}), p.get("load_1min", {}), p.get("versions", {})
     gpus = f", GPUs: {', '.join(m['gpus'])}" if m.get("gpus") else ", no GPU"
     lines = [
