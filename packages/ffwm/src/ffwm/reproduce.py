@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=1200)
     p.add_argument("--n-test", type=int, default=192)
-    p.add_argument("--flow-steps", type=int, default=200)
-    p.add_argument("--gen-steps", type=int, default=400)
+    p.add_argument("--flow-steps", type=int, default=150)
+    p.add_argument("--gen-steps", type=int, default=300)
     p.add_argument("--warmup-images", type=int, default=800, help="GF adaption starts after this many images")
     p.add_argument("--quick", action="store_true", help="tiny run for tests (a plumbing check, not a result)")
     return p
