@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_args(p, out=str(HERE), rounds=5, threads=2, min_run_time=0.5)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=False,
                    help="peak memory of each training step in a fresh process")
     return p
 
