@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(p, out=str(HERE), rounds=5, threads=2, min_run_time=0.5)
+    add_bench_args(p, out=str(HERE), rounds=5, threads=1, min_run_time=0.3)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=False,
