@@ -333,12 +333,12 @@ def _figures(out: Path, runs: Path, args) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(4.5, 3))
     for label, m in METHODS[:2]:
+        per = [_per_sample(runs / f"{m}_s{s}") for s in range(args.seeds)]
+        ys = sorted(set.intersection(*[set(np.abs(ps["yaw"]).astype(int).tolist()) for ps in per]))
         taus = []
-        for s in range(args.seeds):
-            ps = _per_sample(runs / f"{m}_s{s}")
+        for ps in per:
             yaws = np.abs(ps["yaw"]).astype(int)
-            taus.append([ps["dot"][yaws == y].sum() / max(ps["norm"][yaws == y].sum(), 1e-12) for y in sorted(set(yaws))])
-        ys = sorted(set(np.abs(_per_sample(runs / f"{m}_s0")["yaw"]).astype(int)))
+            taus.append([ps["dot"][yaws == y].sum() / max(ps["norm"][yaws == y].sum(), 1e-12) for y in ys])
         t = np.array(taus)
         ax.errorbar(ys, t.mean(0), yerr=t.std(0), marker="o", capsize=3, label=label)
     ax.axhline(0, color="k", lw=0.5)
