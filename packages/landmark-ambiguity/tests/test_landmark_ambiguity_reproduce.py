@@ -74,3 +74,23 @@ def test_label_stats_split_the_weak_points_bias_along_and_across_the_contour():
     assert np.isclose(st["strong"], c, atol=1e-9)
     want_weak = np.hypot(a + slide[:, 0, 0], b).mean()
     assert np.isclose(st["weak"], want_weak, atol=1e-9)
+
+
+def test_diag_text_quotes_its_own_numbers_and_names_where_the_network_errs():
+    from landmark_ambiguity.reproduce import END_ROWS, _diag_text
+
+    def row(w, s, along, across):
+        return {"weak": w, "strong": s, "weak_bias": (along ** 2 + across ** 2) ** 0.5, "weak_bias_along": along,
+                "weak_bias_across": across}
+
+    def done(along, across):
+        diag = {"annotations": row(0.25, 0.025, 0.04, 0.001), "network (decoded)": row(0.16, 0.07, along, across),
+                "search lam=1": row(0.158, 0.049, 0.05, 0.04), END_ROWS["base"]: row(0.14, 0.06, 0.07, 0.045),
+                END_ROWS["oracle"]: row(0.11, 0.058, 0.039, 0.054)}
+        return [{"kind": "mech", "seed": 0, "diag": diag}]
+
+    t = _diag_text(done(0.02, 0.09))
+    assert "network (0.160) against the annotations (0.250)" in t and "network (0.070)" in t
+    assert "lies mostly across it (0.020 along, 0.090 across)" in t
+    assert "mostly along it" in _diag_text(done(0.09, 0.02))
+    assert "about as much across it as along it" in _diag_text(done(0.076, 0.071))
