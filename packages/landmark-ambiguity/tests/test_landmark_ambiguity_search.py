@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from landmark_ambiguity.heatmaps import decode, gaussian_heatmaps
+from landmark_ambiguity import search as search_mod
 from landmark_ambiguity.search import SearchConfig, chi2_distance, expected_patch, latent_search
 
 
@@ -125,6 +126,47 @@ def test_vectorised_search_equals_the_brute_force_reference():
     torch.testing.assert_close(latent_search(hm.double(), obs.double(), cfg), _brute_force(hm, obs.double(), cfg))
 
 
+def test_floored_expected_patch_uses_the_2d_kernel_and_equals_the_reference():
+    """A large floor makes E non-separable: the fine-grid path with the 2-D 1/E kernel must still agree."""
+    torch.manual_seed(11)
+    pts = torch.rand(2, 3, 2) * 10 + 3
+    hm = gaussian_heatmaps(pts, (16, 16), 1.3) + 0.05 * torch.rand(2, 3, 16, 16)
+    obs = pts + torch.randn(2, 3, 2)
+    cfg = SearchConfig(sigma_prior=1.0, lam=0.7, window_radius=1.5, patch_radius=2, subpixel=2, floor=2e-2)
+    assert not search_mod._Plan(cfg, torch.float64).separable
+    torch.testing.assert_close(latent_search(hm.double(), obs.double(), cfg), _brute_force(hm, obs.double(), cfg))
+
+
+@pytest.mark.parametrize("size,cfg", [
+    (16, SearchConfig()),  # the default: 17x17 candidates at 1/4 px, 7x7 patches
+    (16, SearchConfig(window_radius=1.5, subpixel=2, patch_radius=2, sigma_e=1.3)),
+    (16, SearchConfig(window_radius=2.3, subpixel=3)),  # window not a multiple of a heatmap px
+    (16, SearchConfig(window_radius=0.0)),
+    (64, SearchConfig(window_radius=8, subpixel=1, sigma_prior=3.0)),  # the paper's window on 64x64 maps
+])
+def test_row_wise_patch_sums_equal_the_fine_grid_ones(size, cfg):
+    """The fast path (x interpolated on integer rows, y folded into (1-b)^2 / 2b(1-b) / b^2 row sums, banded
+    matrix products) gives the same S and Q for every candidate as sampling every patch point bilinearly
+    on the fine grid, including windows that reach over the border or lie entirely off the map."""
+    torch.manual_seed(12)
+    n = 60
+    hm = torch.rand(n, size, size, dtype=torch.float64) ** 3
+    o = torch.rand(n, 2, dtype=torch.float64) * (size + 8) - 4
+    o[0] = torch.tensor([-30.0, 5.0])
+    o[1] = torch.tensor([size + 40.0, size + 40.0])
+    o[2] = torch.tensor([3.0, 7.0])  # on the integer grid
+    plan = search_mod._Plan(cfg, torch.float64)
+    assert plan.separable
+    s_rows, q_rows = search_mod._patch_sums_rows(hm, o, plan)
+    s_fine, q_fine = search_mod._patch_sums_fine(hm, o, plan)
+    torch.testing.assert_close(s_rows, s_fine, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(q_rows, q_fine, rtol=1e-10, atol=1e-12)
+    assert s_fine[2:].abs().amax() > 1  # not a vacuous comparison of empty patches
+    obs = o.view(3, 20, 2)
+    torch.testing.assert_close(latent_search(hm.view(3, 20, size, size), obs, cfg),
+                               latent_search(hm.view(3, 20, size, size), obs, cfg, impl="fine"))
+
+
 def test_decode_encode_round_trip_below_half_a_pixel():
     torch.manual_seed(2)
     pts = torch.rand(4, 68, 2) * 13 + 1
@@ -138,12 +180,13 @@ def test_bad_shapes_are_a_clear_error():
         SearchConfig(lam=-1)
 
 
-def test_chunks_give_the_same_labels_as_one_pass():
+def test_chunks_and_blocks_give_the_same_labels_as_one_pass(monkeypatch):
     torch.manual_seed(3)
     hm = torch.rand(7, 5, 16, 16) ** 3
     obs = torch.rand(7, 5, 2) * 14
     whole = latent_search(hm, obs, SearchConfig(chunk=100), return_cost=True)
-    for chunk in (1, 3):
+    for chunk, block in ((1, 512), (3, 512), (100, 7), (3, 1)):
+        monkeypatch.setattr(search_mod, "BLOCK", block)
         part = latent_search(hm, obs, SearchConfig(chunk=chunk), return_cost=True)
         torch.testing.assert_close(part[0], whole[0], rtol=0, atol=0)
         torch.testing.assert_close(part[1], whole[1], rtol=0, atol=0)
@@ -175,7 +218,7 @@ def _peak_mib(fn) -> float:
     return (hwm - base) / 2 ** 20
 
 
-def test_peak_memory_is_bounded_by_the_chunk_not_the_set():
+def test_peak_memory_is_bounded_by_the_block_not_the_set(monkeypatch):
     import os
 
     if not os.path.exists("/proc/self/clear_refs") or not os.access("/proc/self/clear_refs", os.W_OK):
@@ -187,7 +230,8 @@ def test_peak_memory_is_bounded_by_the_chunk_not_the_set():
     latent_search(small, obs_s, cfg)  # warm-up (lazy initialisation, allocator)
     p_small = _peak_mib(lambda: latent_search(small, obs_s, cfg))
     p_large = _peak_mib(lambda: latent_search(large, obs_l, cfg))
+    monkeypatch.setattr(search_mod, "BLOCK", 10 ** 9)
     p_whole = _peak_mib(lambda: latent_search(large, obs_l, SearchConfig(chunk=256)))
-    assert p_whole > 40, p_whole  # without chunks the intermediates grow with the set (8x the images)...
-    assert p_large < 1.5 * p_small + 4, (p_small, p_large)  # ... with chunks they do not
+    assert p_whole > 40, p_whole  # without blocks the intermediates grow with the set (8x the images)...
+    assert p_large < 1.5 * p_small + 4, (p_small, p_large)  # ... with them they do not
     assert p_whole > 3 * p_large, (p_large, p_whole)
