@@ -98,7 +98,10 @@ def main(argv=None) -> None:
     cfg = SearchConfig()
     hm = predict_heatmaps(model, images, "cpu")
     obs = to_heatmap(labels, 4)
-    same = torch.equal(latent_search(hm, obs, cfg), latent_search(hm, obs, cfg, impl="fine"))
+    # the two paths agree exactly in float64; in float32 rounding can flip a near-tie between two candidates
+    same64 = torch.equal(latent_search(hm.double(), obs.double(), cfg),
+                         latent_search(hm.double(), obs.double(), cfg, impl="fine"))
+    n_diff = int((latent_search(hm, obs, cfg) != latent_search(hm, obs, cfg, impl="fine")).any(-1).sum())
     fast, fine = "  its window search (row-wise patch sums)", "  previous window search (fine grid, grid_sample)"
     variants = {
         "training epoch (800 faces, batch 16)": epoch,
@@ -135,8 +138,10 @@ def main(argv=None) -> None:
                 table=timing_table(timings, base),
                 after=(f"Search pass / epoch: **{passr.ratio_median:.3f}x** (IQR {passr.ratio_iqr[0]:.3f}-"
                        f"{passr.ratio_iqr[1]:.3f}); goal <= {GOAL}x: **{'met' if met else 'not met'}**. The window "
-                       f"search alone is {speedup:.1f}x faster than the implementation it replaced, with the same "
-                       f"labels on this set: {'identical' if same else 'NOT identical'}."),
+                       f"search alone is {speedup:.1f}x faster than the fine-grid path it replaced; their labels on "
+                       f"this set are {'identical' if same64 else 'NOT identical'} in float64, and in float32 "
+                       f"{n_diff} of {obs.shape[0] * obs.shape[1]} landmarks differ (rounding flips near-ties between "
+                       f"two candidates)."),
                 figures=["ratios.png"]),
         Section("Peak memory of the search as the set grows",
                 text=("Each variant in a fresh subprocess (peak RSS increase while it runs, heatmaps allocated "

@@ -101,6 +101,22 @@ def test_parts_task_draws_the_class_glyph_at_any_offset():
     assert not torch.equal(generate_parts(50, 8, 32, seed=4)["images"], generate_parts(50, 8, 32, seed=3)["images"])
 
 
+def test_parts_fixed_colours_are_white_on_black():
+    kw = dict(scales=(2, 3), noise=0.0, distractors=2, glyph_set="symbols")
+    d = generate_parts(64, 4, 32, seed=5, colours="fixed", **kw)
+    img, glyph, clutter = d["images"], d["masks"], d["distractor_masks"]
+    white = (img == 255).all(1)
+    assert torch.equal(white, glyph | clutter)  # glyph and visible distractors white, nothing else
+    assert ((img == 0).all(1) == ~white).all()  # the rest black
+    assert clutter.any() and glyph.any()
+    # only the colours change: same glyphs, positions and labels as the random-colour task
+    r = generate_parts(64, 4, 32, seed=5, colours="random", **kw)
+    assert torch.equal(r["masks"], glyph) and torch.equal(r["labels"], d["labels"])
+    assert not torch.equal(r["images"], img)
+    with pytest.raises(ValueError, match="colours='grey'"):
+        generate_parts(4, 4, 32, seed=0, colours="grey")
+
+
 def test_parts_splits_are_disjoint_and_normalised():
     d = OmegaConf.create(dict(kind="parts", num_classes=4, image_size=32, n_train=40, n_test=12, scales=[2, 3],
                               on_cells=5, noise=0.1, distractors=2, distractor_sizes=[2, 4], data_seed=0, glyph_set="random"))
@@ -108,6 +124,8 @@ def test_parts_splits_are_disjoint_and_normalised():
     assert len(train) == 40 and len(test) == 12
     tr = {img.numpy().tobytes() for img in train.images}
     assert not any(img.numpy().tobytes() in tr for img in test.images)
+    fixed = parts_splits(OmegaConf.merge(d, {"colours": "fixed", "noise": 0.0}))[0].images
+    assert ((fixed == 0) | (fixed == 255)).all() and not ((train.images == 0) | (train.images == 255)).all()
     x, y = train[0]
     torch.testing.assert_close(x, (train.images[0].float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1))
     assert y == int(train.labels[0])

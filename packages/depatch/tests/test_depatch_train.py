@@ -87,6 +87,9 @@ BAD = [
     (["figure.num_images=2", "figure.stage=1"], "figure.stage=1 has no DePatch"),
     (["weights=/no/such/file.pth"], "weights='/no/such/file.pth' is not a file"),
     (["data=parts", "data.n_train=0"], "data.n_train=0 is out of range"),
+    (["data=parts", "data.colours=grey"], "data.colours='grey'"),
+    (["model=pvt_mini", "model.freeze_boxes=true"], "model.freeze_boxes=true needs a classifier with DePatch"),
+    (["data=parts", "data.glyph_set=letters"], "data.glyph_set='letters'"),
 ]
 
 
@@ -123,7 +126,7 @@ def test_every_experiment_composes_with_the_official_settings():
     assert cfg.task == "detection" and list(cfg.optim.milestones) == [28, 34] and list(cfg.data.min_size) == [
         640, 672, 704, 736, 768, 800]
     cfg = _cfg("data=parts", tiny=False)
-    assert cfg.data.kind == "parts" and cfg.data.num_classes == 8
+    assert cfg.data.kind == "parts" and cfg.data.num_classes == 4 and cfg.data.colours == "fixed"
 
 
 def test_lr_schedule_known_values():
@@ -246,3 +249,21 @@ def test_torchrun_two_processes_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed 2-process run differs from the uninterrupted one"
     assert json.loads((run / "final_metrics.json").read_text())["acc1"] == json.loads(
         (ref / "final_metrics.json").read_text())["acc1"]
+
+
+def test_freeze_boxes_ablation_keeps_every_box_at_the_fixed_patch(tmp_path):
+    """model.freeze_boxes: the box predictor and size bias keep their initial values while the rest trains;
+    without the flag the same run moves them."""
+    from depatch.depatch import DEFAULT_SIZE_BIAS
+
+    fit(_cfg("max_steps=3", "model.freeze_boxes=true"), tmp_path / "frozen")
+    fit(_cfg("max_steps=3"), tmp_path / "learned")
+    frozen, learned = _weights(tmp_path / "frozen"), _weights(tmp_path / "learned")
+    for s in (2, 3, 4):
+        w, b = f"patch_embed{s}.offset_predictor.weight", f"patch_embed{s}.box_coder.wh_bias"
+        assert (frozen[w] == 0).all() and (learned[w] != 0).any()
+        assert torch.equal(frozen[b], torch.full((2,), DEFAULT_SIZE_BIAS)) and not torch.equal(learned[b], frozen[b])
+    # the optimiser holds everything else (3 predictor weights and 3 size biases fewer), and that trained
+    opt = [torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"] for r in ("frozen", "learned")]
+    counts = [sum(len(g["params"]) for g in o["param_groups"]) for o in opt]
+    assert counts[0] == counts[1] - 6 and len(opt[0]["state"]) == counts[0]

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="paired seeds per cell (>= 3 for a verdict)")
     p.add_argument("--workers", type=int, default=2, help="parallel fit() processes, 1 thread each")
     p.add_argument("--epochs", type=int, default=12, help="epochs of every transfer run (500 images: 8 steps each)")
-    p.add_argument("--lrs", default="0.001,0.005", help="AdamW learning rates tried per method on the validation set")
+    p.add_argument("--lrs", default="0.001,0.005,0.02,0.05",
+                   help="AdamW learning rates tried per method on the validation set (a grid stopping at 0.005, "
+                        "then at 0.02, had every parameter-efficient method pick its top value)")
     p.add_argument("--shots", default="2,4,8", help="few-shot k (images per class); the claim is checked for k <= 8")
     p.add_argument("--fewshot-steps", type=int, default=60, help="optimiser steps of every few-shot run")
     p.add_argument("--margin", type=float, default=2.0,

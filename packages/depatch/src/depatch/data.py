@@ -111,14 +111,16 @@ def _glyph_masks(glyphs: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, scale
 
 def generate_parts(n: int, num_classes: int, image_size: int, seed: int, scales=(2, 3), noise: float = 0.1,
                    distractors: int = 2, on: int = 5, glyph_set: str = "random",
-                   distractor_sizes=(2, 4)) -> dict[str, torch.Tensor]:
+                   distractor_sizes=(2, 4), colours: str = "random") -> dict[str, torch.Tensor]:
     """The synthetic "parts" task of the mechanism check (always called synthetic).
 
     Each image is a plain background with pixel noise, ``distractors`` solid squares (side drawn from
     ``distractor_sizes``, any colour, anywhere: they say nothing about the class) and one small glyph: a 3x3 cell pattern drawn
     at ``scale`` pixels per cell (``scales``: 2 -> 6 px, 3 -> 9 px), at a uniformly random position, so
     it lands at any offset from the patch grid. The class is the glyph's pattern; all patterns have
-    ``on`` cells, so the amount of foreground says nothing either. Returns ``images`` (n, 3, S, S)
+    ``on`` cells, so the amount of foreground says nothing either. ``colours="random"``: background,
+    glyph and every distractor get their own random colour per image; ``"fixed"``: white glyph and
+    distractors on black (only their shape tells them apart). Returns ``images`` (n, 3, S, S)
     uint8, ``labels`` (n,), the glyph ``masks`` (n, S, S) bool (for box statistics), the glyph
     ``boxes`` (n, 4) xyxy pixels and the visible ``distractor_masks`` (n, S, S) bool.
     """
@@ -131,10 +133,14 @@ def generate_parts(n: int, num_classes: int, image_size: int, seed: int, scales=
     x0 = (torch.rand(n, generator=g) * (image_size - side + 1)).floor().long()
     y0 = (torch.rand(n, generator=g) * (image_size - side + 1)).floor().long()
     mask = _glyph_masks(glyphs[labels], x0, y0, scale, image_size) > 0
+    if colours not in ("random", "fixed"):
+        raise ValueError(f"colours={colours!r}: use 'random' or 'fixed'")
     bg = torch.rand(n, 3, 1, 1, generator=g)
     fg = torch.rand(n, 3, 1, 1, generator=g)
     weak = (fg - bg).abs().sum(1, keepdim=True) < 0.6
     fg = torch.where(weak, 1.0 - bg, fg)  # keep the glyph visible
+    if colours == "fixed":  # white glyph and distractors on black: only shape tells them apart
+        bg, fg = torch.zeros_like(bg), torch.ones_like(fg)
     img = bg.expand(n, 3, image_size, image_size).clone()
     clutter = torch.zeros(n, image_size, image_size, dtype=torch.bool)
     for _ in range(distractors):
@@ -143,6 +149,8 @@ def generate_parts(n: int, num_classes: int, image_size: int, seed: int, scales=
         dy = (torch.rand(n, generator=g) * (image_size - ds + 1)).floor().long()
         dmask = _glyph_masks(torch.ones(n, 1, 1), dx, dy, ds, image_size) > 0
         dcol = torch.rand(n, 3, 1, 1, generator=g)
+        if colours == "fixed":
+            dcol = torch.ones_like(dcol)
         img = torch.where(dmask.unsqueeze(1), dcol, img)
         clutter |= dmask
     img = torch.where(mask.unsqueeze(1), fg, img)
@@ -174,7 +182,8 @@ def parts_splits(d: Any) -> tuple[Dataset, Dataset]:
     """Train and test sets of the parts task (``d``: the ``data`` config); the test set uses another
     generator seed, so no image is shared."""
     kw = dict(scales=tuple(d.scales), noise=float(d.noise), distractors=int(d.distractors), on=int(d.on_cells),
-              glyph_set=str(d.glyph_set), distractor_sizes=tuple(d.distractor_sizes))
+              glyph_set=str(d.glyph_set), distractor_sizes=tuple(d.distractor_sizes),
+              colours=str(d.get("colours", "random")))
     train = PartsDataset(int(d.n_train), int(d.num_classes), int(d.image_size), int(d.data_seed) * 2 + 1, **kw)
     test = PartsDataset(int(d.n_test), int(d.num_classes), int(d.image_size), int(d.data_seed) * 2 + 2, **kw)
     return train, test

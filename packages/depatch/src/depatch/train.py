@@ -100,6 +100,10 @@ def validate(cfg: DictConfig) -> None:
             require(isinstance(s, int) and 2 <= s <= n_stages, f"model.depatch_stages={list(cfg.model.depatch_stages)} "
                     f"names stage {s!r}, but DePatch can replace the patch embedding of stages 2..{n_stages} only",
                     f"use a list of stages from 2 to {n_stages}, e.g. model.depatch_stages=[2,3,4], or [] for none")
+    if cfg.model.get("freeze_boxes", False):
+        require(bool(deformable_stages(cfg)) and cfg.task == "classification",
+                f"model.freeze_boxes=true needs a classifier with DePatch stages ({cfg.model.arch}, task={cfg.task})",
+                "use a dpt_* model with task=classification, or set model.freeze_boxes=false")
     d = cfg.data
     check_range("data.num_classes", d.num_classes, 1 if cfg.task == "detection" else 2, integer=True)
     if cfg.task == "classification":
@@ -111,6 +115,9 @@ def validate(cfg: DictConfig) -> None:
         if d.kind in ("synthetic", "parts"):
             check_range("data.n_train", d.n_train, 1, integer=True)
             check_range("data.n_test", d.n_test, 1, integer=True)
+        if d.kind == "parts":
+            check_choice("data.colours", d.get("colours", "random"), ("random", "fixed"))
+            check_choice("data.glyph_set", d.glyph_set, ("symbols", "random"))
         if d.kind == "synthetic":
             lo, hi = d.scale_range
             require(0 < lo <= hi <= 1, f"data.scale_range={list(d.scale_range)} must satisfy 0 < low <= high <= 1",
@@ -170,7 +177,19 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any]]:
     args = {**arch, "task": "classification", "num_classes": int(cfg.data.num_classes),
             "img_size": int(cfg.data.image_size)}
     model = create_model(m.arch, num_classes=args["num_classes"], img_size=args["img_size"], **common)
+    if m.get("freeze_boxes", False):
+        freeze_boxes(model)
     return model, args
+
+
+def freeze_boxes(model: nn.Module) -> None:
+    """The frozen-box ablation (``model.freeze_boxes``, not in the paper): the offset/size predictor and
+    the size bias of every DePatch stop training, so every box stays where it starts (the fixed patch,
+    with the zero-initialised predictor): DPT's parametrisation (predictor features, 9-point projection)
+    without its deformation. The optimiser skips the frozen parameters."""
+    for dep in model.depatch_modules().values():
+        dep.offset_predictor.weight.requires_grad_(False)
+        dep.wh_bias.requires_grad_(False)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, world_size: int) -> torch.optim.Optimizer:

@@ -76,11 +76,12 @@ def chi2_distance(p: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return ((p - e) ** 2 / e).sum((-2, -1))
 
 
-def _dilated_sum(x: torch.Tensor, w: torch.Tensor, u: int, n_out: int, dim: int, out=None) -> torch.Tensor:
+def _dilated_sum(x: torch.Tensor, w, u: int, n_out: int, dim: int, out=None) -> torch.Tensor:
     """``out[t] = sum_d w[d] * x[t + u*d]`` along ``dim`` for t in range(n_out) (d = 0..2r)."""
+    w = w.tolist() if torch.is_tensor(w) else w
     out = torch.mul(x.narrow(dim, 0, n_out), w[0], out=out)
     for d in range(1, len(w)):
-        out.add_(x.narrow(dim, u * d, n_out), alpha=float(w[d]))
+        out.add_(x.narrow(dim, u * d, n_out), alpha=w[d])
     return out
 
 
@@ -102,6 +103,7 @@ class _Plan:
         self.winv = (1.0 / g1).to(dtype)  # separable 1/E
         self.winv2 = (1.0 / e).to(dtype)  # 2-D 1/E (floored E)
         self.ones = torch.ones(2 * r + 1, dtype=dtype)
+        self.ones_f, self.winv_f = self.ones.tolist(), self.winv.tolist()
         # banded matrices of the row-wise path (_patch_sums_rows): the patch sums along x on the fine axis
         lf = len(self.fine)
         self.kx1 = _band(lf, self.n_out, self.ones, u).T.contiguous()
@@ -114,8 +116,9 @@ def _search_chunk(heatmaps: torch.Tensor, obs: torch.Tensor, plan: _Plan, sums) 
     finite = torch.isfinite(obs).all(-1)
     o = torch.where(finite[:, None], obs, torch.zeros_like(obs))
     s, q = sums(heatmaps, o, plan)
-    chi = torch.where(s > 1e-8, (q / s.clamp_min(1e-12) ** 2 - 1).clamp_min(0), torch.full_like(s, plan.blank_cost))
-    cost = plan.prior + plan.lam * chi  # (B, T, T): [dy index, dx index]
+    # cost = prior + lam chi, chi = Q / S^2 - 1 (>= 0), blank_cost where the patch holds no mass (in place)
+    cost = q.div_(s.clamp_min(1e-12).square_()).sub_(1).clamp_min_(0).masked_fill_(s <= 1e-8, plan.blank_cost)
+    cost = cost.mul_(plan.lam).add_(plan.prior)  # (B, T, T): [dy index, dx index]
     best = cost.flatten(1).argmin(-1)
     n_out = plan.n_out
     y = o + torch.stack([plan.off[best % n_out], plan.off[best // n_out]], -1)
@@ -168,9 +171,9 @@ def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
     # patch sums along the rows first (2r+1 taps), for k = kmin..kmax+1: y[0] = U (sums of X),
     # y[1] = sums of X^2 / E, y[2] = sums of X[k] X[k+1] / E (its last k is never read: left unset)
     y = x.new_empty(3, b, nk + 1, lf)
-    _dilated_sum(x, plan.ones, 1, nk + 1, 1, out=y[0])
-    _dilated_sum(x * x, plan.winv, 1, nk + 1, 1, out=y[1])
-    _dilated_sum(x[:, :-1] * x[:, 1:], plan.winv, 1, nk, 1, out=y[2, :, :nk])
+    _dilated_sum(x, plan.ones_f, 1, nk + 1, 1, out=y[0])
+    _dilated_sum(x * x, plan.winv_f, 1, nk + 1, 1, out=y[1])
+    _dilated_sum(x[:, :-1] * x[:, 1:], plan.winv_f, 1, nk, 1, out=y[2, :, :nk])
     # then along x (dilated by u on the fine axis) as products with banded matrices: (B (nk + 1), T)
     m = b * (nk + 1)
     us = torch.mm(y[0].view(m, lf), plan.kx1.T)
@@ -184,7 +187,7 @@ def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
     at = lambda t, k: t.index_select(0, k).reshape(b, n_out, n_out)  # noqa: E731
     cb = 1 - bj
     s = torch.lerp(at(us, kj), at(us, k1), bj)
-    q = cb * cb * at(t0, kj) + 2 * bj * cb * at(t1, kj) + bj * bj * at(t0, k1)
+    q = at(t0, kj).mul_(cb * cb).addcmul_(at(t1, kj), 2 * bj * cb).addcmul_(at(t0, k1), bj * bj)
     return s, q
 
 
@@ -245,10 +248,9 @@ def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: Searc
         hm, ob = hm.reshape(b * k, h, w), observations[i:i + cfg.chunk].to(dt).reshape(b * k, 2)
         # landmarks in blocks of BLOCK: the vectorised intermediates stay cache-sized
         parts = [_search_chunk(hm[j:j + BLOCK], ob[j:j + BLOCK], plan, sums) for j in range(0, b * k, BLOCK)]
-        y, cost = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        out.append(y.reshape(b, k, 2))
+        out.append(torch.cat([p[0] for p in parts]).reshape(b, k, 2))
         if return_cost:
-            costs.append(cost.reshape(b, k, plan.n_out, plan.n_out))
+            costs.append(torch.cat([p[1] for p in parts]).reshape(b, k, plan.n_out, plan.n_out))
     y = torch.cat(out) if out else observations.to(dt).clone()
     if return_cost:
         return y, (torch.cat(costs) if costs else heatmaps.new_zeros(0, k, plan.n_out, plan.n_out))
