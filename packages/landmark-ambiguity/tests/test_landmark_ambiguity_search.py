@@ -230,8 +230,9 @@ def test_peak_memory_is_bounded_by_the_block_not_the_set(monkeypatch):
     latent_search(small, obs_s, cfg)  # warm-up (lazy initialisation, allocator)
     p_small = _peak_mib(lambda: latent_search(small, obs_s, cfg))
     p_large = _peak_mib(lambda: latent_search(large, obs_l, cfg))
+    huge, obs_h = torch.cat([large, large]), torch.cat([obs_l, obs_l])
     monkeypatch.setattr(search_mod, "BLOCK", 10 ** 9)
-    p_whole = _peak_mib(lambda: latent_search(large, obs_l, SearchConfig(chunk=256)))
-    assert p_whole > 40, p_whole  # without blocks the intermediates grow with the set (8x the images)...
+    p_whole = _peak_mib(lambda: latent_search(huge, obs_h, SearchConfig(chunk=512)))
+    assert p_whole > 40, p_whole  # without blocks the intermediates grow with the set (16x the images: ~75 MiB)...
     assert p_large < 1.5 * p_small + 4, (p_small, p_large)  # ... with them they do not
     assert p_whole > 3 * p_large, (p_large, p_whole)
