@@ -118,3 +118,29 @@ def test_hourglass_supervises_every_stack_and_feeds_heatmaps_forward():
     b = m(x)
     assert len(a) == 2 and not torch.allclose(a[1], b[1])
     torch.testing.assert_close(a[0] + 1.0, b[0])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_is_a_layout_only(train):
+    """model.channels_last changes the memory layout, not the function: same state dict, same heatmaps (eval)
+    and same gradients (train mode) as NCHW up to float rounding; the convolutions really see NHWC inputs and
+    the returned heatmaps are contiguous NCHW."""
+    torch.manual_seed(0)
+    nchw = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, channels_last=False)
+    nhwc = build_model("hg2_w32", num_landmarks=5, width=8, depth=2)
+    nhwc.load_state_dict(nchw.state_dict())
+    nchw.train(train), nhwc.train(train)
+    seen = []
+    nhwc.stem[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    nchw.double(), nhwc.double()
+    a, b = nchw(x), nhwc(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    for ya, yb in zip(a, b):
+        assert yb.is_contiguous()
+        torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
+    if train:
+        sum(y.square().sum() for y in a).backward()
+        sum(y.square().sum() for y in b).backward()
+        for (name, p), q in zip(nchw.named_parameters(), nhwc.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)

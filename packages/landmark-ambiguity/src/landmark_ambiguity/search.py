@@ -14,12 +14,12 @@ The annotation ``o^k`` is a noisy observation of a latent, semantically consiste
 
 Vectorisation: with ``P = M / S``, ``S = sum_patch M``, Pearson's chi2 is
 ``sum M^2 / E / S^2 - 1`` (>= 0 by Cauchy-Schwarz since ``sum E = 1``), so only two patch sums per
-candidate are needed. Landmarks are processed ``BLOCK`` at a time (a cache-sized block; ``chunk``
+candidate are needed. Landmarks are processed about ``BLOCK`` at a time (a cache-sized block; ``chunk``
 images bound the memory). When ``1/E`` is separable (the floor inactive: the default) the heatmap is
 interpolated along x only, on the integer rows the patches touch, and the bilinear interpolation
 along y is folded into three row sums (of ``X``, ``X^2 / E`` and ``X[k] X[k+1] / E``) combined with
-weights ``1-b``, ``b`` and ``(1-b)^2``, ``2b(1-b)``, ``b^2``; the sums along x are products with
-banded matrices. Otherwise (floored ``E``) one ``grid_sample`` samples each heatmap on the full fine
+weights ``1-b``, ``b`` and ``(1-b)^2``, ``2b(1-b)``, ``b^2``; the sums along x and along the rows
+are products with banded matrices. Otherwise (floored ``E``) one ``grid_sample`` samples each heatmap on the full fine
 grid ``o + m / subpixel`` and the 2-D kernel is applied. Both give the same ``S`` and ``Q`` (tested).
 The prior is added and one ``argmin`` per landmark picks ``y``. The cost per landmark does not depend
 on the heatmap size, only on the window and patch sizes.
@@ -38,6 +38,13 @@ import torch.nn.functional as F
 
 
 BLOCK = 512  # landmarks searched at once inside a chunk (fastest on a 2-core CPU; results do not depend on it)
+
+
+def _blocks(n: int, block: int) -> range:
+    """Start indices of ``max(1, n // block)`` equal blocks covering ``range(n)`` (each under 2 ``block``):
+    no short tail block (a chunk of 64 faces x 68 landmarks is 8 blocks of 544, not 8 x 512 + 256)."""
+    size = max(1, -(-n // max(1, n // block)))
+    return range(0, n, size)
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,16 @@ class _Plan:
         self.winv = (1.0 / g1).to(dtype)  # separable 1/E
         self.winv2 = (1.0 / e).to(dtype)  # 2-D 1/E (floored E)
         self.ones = torch.ones(2 * r + 1, dtype=dtype)
-        self.ones_f, self.winv_f = self.ones.tolist(), self.winv.tolist()
         # banded matrices of the row-wise path (_patch_sums_rows): the patch sums along x on the fine axis
         lf = len(self.fine)
         self.kx1 = _band(lf, self.n_out, self.ones, u).T.contiguous()
         self.kxw = _band(lf, self.n_out, self.winv, u).T.contiguous()
+        # integer parts k of phi + j/u (phi in [0, 1), |j| <= ju), and the rows k + d, k + d + 1 they touch
+        self.kmin, kmax = -((self.ju + u - 1) // u), self.ju // u + 1
+        self.nk = kmax - self.kmin + 1
+        self.rows = self.nk + 2 * r + 1
+        self.ky1 = _band(self.rows, self.nk + 1, self.ones, 1).T.contiguous()  # (nk + 1, rows): sums along y
+        self.kyw = _band(self.rows, self.nk + 1, self.winv, 1).T.contiguous()
         self.lam, self.blank_cost = cfg.lam, cfg.blank_cost
 
 
@@ -141,50 +153,44 @@ def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
     so ``S = (1-b) U[k] + b U[k+1]`` with ``U`` the row sums, and (squaring the interpolant)
     ``Q = (1-b)^2 T0[k] + 2b(1-b) T1[k] + b^2 T0[k+1]`` with ``T0``, ``T1`` the ``1/E``-weighted row
     sums of ``X^2`` and of ``X[k] X[k+1]``. Exact (the same bilinear samples as the fine grid), with
-    intermediates about ``(2 r + 2) / (2 r u + 1)`` the fine grid's size. Every gather copies whole
-    contiguous rows (``index_select``) and the patch sums are matrix products with banded matrices
-    (one GEMM each for the whole chunk)."""
+    intermediates about ``(2 r + 2) / (2 r u + 1)`` the fine grid's size. The samples are laid out
+    (rows, B, x) so that both patch sums are plain matrix products with banded matrices: along x
+    (dilated by ``u`` on the fine axis) for all rows and landmarks at once, then along the rows."""
     b, h, w = heatmaps.shape
     u, r, n_out, ju = plan.u, plan.r, plan.n_out, plan.ju
+    kmin, nk, rows, lf = plan.kmin, plan.nk, plan.rows, len(plan.fine)
     dt = heatmaps.dtype
-    kmin, kmax = -((ju + u - 1) // u), ju // u + 1  # integer parts of phi + j/u, phi in [0, 1), |j| <= ju
-    nk = kmax - kmin + 1
-    rows = nk + 2 * r + 1  # rows k + d and k + d + 1 for k in [kmin, kmax], |d| <= r
-    lf = len(plan.fine)
     pad = 1  # a zero border: every index beyond the map is clamped onto it (reads 0, as the fine grid does)
-    hp = F.pad(heatmaps, (pad, pad, pad, pad))
+    hp = F.pad(heatmaps, (pad, pad, pad, pad)).clamp_min_(0)  # Phi clamps negative heatmap values to 0
     size_y, size_x = h + 2 * pad, w + 2 * pad
     base = torch.arange(b)
     fl = o.floor()
-    # the integer rows floor(o_y) + kmin - r + i (i < rows), transposed to (B, Wp, rows)
+    # the integer rows floor(o_y) + kmin - r + i (i < rows) of every landmark, laid out (rows, B, Wp)
     ri = (fl[:, 1:2] + (kmin - r + pad) + torch.arange(rows, dtype=dt)).clamp(0, size_y - 1).long()
-    sel = hp.reshape(b * size_y, size_x).index_select(0, (ri + base[:, None] * size_y).flatten())
-    sel = sel.reshape(b, rows, size_x).transpose(1, 2).reshape(b * size_x, rows)
+    sel = hp.reshape(b * size_y, size_x).index_select(0, (ri + base[:, None] * size_y).T.flatten())
     # x-fine positions o_x + m/u (|m| <= ju + u r) lie between columns c_m and c_m + 1 = c_{m+u}:
-    # one gather of the columns c_m for m up to ju + u r + u, laid out (m, B, rows)
-    xg = o[:, 0] + pad + torch.arange(-(ju + u * r), ju + u * r + u + 1, dtype=dt)[:, None] / u  # (Lf + u, B)
+    # one gather of the columns c_m for m up to ju + u r + u
+    xg = o[:, 0:1] + pad + torch.arange(-(ju + u * r), ju + u * r + u + 1, dtype=dt) / u  # (B, Lf + u)
     cg = xg.floor()
-    a = (xg - cg)[:lf, :, None]
+    a = xg[:, :lf] - cg[:, :lf]
     cg = cg.clamp(0, size_x - 1).long()
-    g = sel.index_select(0, (cg + base * size_x).flatten()).reshape(lf + u, b, rows)
-    x = torch.lerp(g[:lf], g[u:], a).permute(1, 2, 0).contiguous()  # (B, rows, Lf): bilinear along x
-    # patch sums along the rows first (2r+1 taps), for k = kmin..kmax+1: y[0] = U (sums of X),
-    # y[1] = sums of X^2 / E, y[2] = sums of X[k] X[k+1] / E (its last k is never read: left unset)
-    y = x.new_empty(3, b, nk + 1, lf)
-    _dilated_sum(x, plan.ones_f, 1, nk + 1, 1, out=y[0])
-    _dilated_sum(x * x, plan.winv_f, 1, nk + 1, 1, out=y[1])
-    _dilated_sum(x[:, :-1] * x[:, 1:], plan.winv_f, 1, nk, 1, out=y[2, :, :nk])
-    # then along x (dilated by u on the fine axis) as products with banded matrices: (B (nk + 1), T)
-    m = b * (nk + 1)
-    us = torch.mm(y[0].view(m, lf), plan.kx1.T)
-    t0, t1 = torch.mm(y[1:].view(2 * m, lf), plan.kxw.T).view(2, m, n_out)
+    g = torch.gather(sel.view(rows, b, size_x), 2, cg.expand(rows, b, lf + u))
+    x = torch.lerp(g[..., :lf], g[..., u:], a)  # (rows, B, Lf): bilinear along x
+    # X^2 and X[k] X[k+1] (the last row of the product is never read by a used sum: zero)
+    sq = x.new_empty(2, rows, b, lf)
+    torch.mul(x, x, out=sq[0])
+    torch.mul(x[:-1], x[1:], out=sq[1, :-1])
+    sq[1, -1].zero_()
+    # patch sums along x (one GEMM each), then along the rows (rows -> k = kmin..kmax+1)
+    us = torch.mm(plan.ky1, torch.mm(x.view(rows * b, lf), plan.kx1.T).view(rows, b * n_out))
+    t0, t1 = torch.matmul(plan.kyw, torch.mm(sq.view(2 * rows * b, lf), plan.kxw.T).view(2, rows, b * n_out))
     # each candidate row o_y + j/u = floor(o_y) + k_j + b_j
     yj = (o[:, 1:2] - fl[:, 1:2]) + plan.off  # (B, T)
     kj = yj.floor()
     bj = (yj - kj)[:, :, None]
-    kj = ((kj.long() - kmin).clamp(0, nk - 1) + base[:, None] * (nk + 1)).flatten()
-    k1 = kj + 1
-    at = lambda t, k: t.index_select(0, k).reshape(b, n_out, n_out)  # noqa: E731
+    kj = ((kj.long() - kmin).clamp(0, nk - 1) * b + base[:, None]).flatten()  # rows of the (nk + 1) B sums
+    k1 = kj + b
+    at = lambda t, k: t.reshape((nk + 1) * b, n_out).index_select(0, k).view(b, n_out, n_out)  # noqa: E731
     cb = 1 - bj
     s = torch.lerp(at(us, kj), at(us, k1), bj)
     q = at(t0, kj).mul_(cb * cb).addcmul_(at(t1, kj), 2 * bj * cb).addcmul_(at(t0, k1), bj * bj)
@@ -195,6 +201,7 @@ def _patch_sums_fine(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
     """``S`` and ``Q`` for every candidate (B, T, T) on the full fine grid (any ``E``, floored or not)."""
     b, h, w = heatmaps.shape
     u, n_out = plan.u, plan.n_out
+    heatmaps = heatmaps.clamp_min(0)  # Phi clamps negative heatmap values to 0
     # bilinear samples of every heatmap on its own fine grid o + m/u (zero beyond the border):
     # grid_sample with align_corners=True maps -1 / +1 to the centres of the first / last cell
     gx = (o[:, 0, None] + plan.fine) * (2.0 / max(w - 1, 1)) - 1.0  # (B, Lf)
@@ -220,7 +227,7 @@ def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: Searc
     (N, K, 2). Candidates are ``o + (i, j) / subpixel`` with ``|i|, |j| <= window_radius * subpixel``
     (a square window centred exactly on the observation, so ``y = o`` is always a candidate).
 
-    Vectorised over images and landmarks: ``cfg.chunk`` images at a time, ``BLOCK`` landmarks per
+    Vectorised over images and landmarks: ``cfg.chunk`` images at a time, about ``BLOCK`` landmarks per
     vectorised block (memory is bounded by the chunk, not by the set); see the module docstring for the
     two ways the patch sums ``S = sum M`` and ``Q = sum M^2 / E`` of Pearson's ``chi2 = Q / S^2 - 1``
     are computed (zero beyond the heatmap's border in both).
@@ -243,11 +250,12 @@ def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: Searc
     sums = _patch_sums_rows if plan.separable and impl == "auto" else _patch_sums_fine
     out, costs = [], []
     for i in range(0, n, cfg.chunk):
-        hm = heatmaps[i:i + cfg.chunk].detach().to(dt).clamp_min(0)
+        hm = heatmaps[i:i + cfg.chunk].detach().to(dt)  # each sums function clamps its own copy at 0
         b = len(hm)
         hm, ob = hm.reshape(b * k, h, w), observations[i:i + cfg.chunk].to(dt).reshape(b * k, 2)
-        # landmarks in blocks of BLOCK: the vectorised intermediates stay cache-sized
-        parts = [_search_chunk(hm[j:j + BLOCK], ob[j:j + BLOCK], plan, sums) for j in range(0, b * k, BLOCK)]
+        # landmarks in blocks of about BLOCK: the vectorised intermediates stay cache-sized
+        blocks = _blocks(b * k, BLOCK)
+        parts = [_search_chunk(hm[j:j + blocks.step], ob[j:j + blocks.step], plan, sums) for j in blocks]
         out.append(torch.cat([p[0] for p in parts]).reshape(b, k, 2))
         if return_cost:
             costs.append(torch.cat([p[1] for p in parts]).reshape(b, k, plan.n_out, plan.n_out))

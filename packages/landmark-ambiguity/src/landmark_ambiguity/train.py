@@ -50,6 +50,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("num_stacks", "depth"):
         check_range(f"model.{key}", cfg.model[key], 1, integer=True)
     check_range("model.width", cfg.model.width, 2, integer=True)
+    check_choice("model.channels_last", cfg.model.channels_last, (True, False))
     check_choice("data.name", cfg.data.name, DATASETS)
     check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
@@ -366,7 +367,8 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, float]:
 
     # model, optimiser, schedule
     margs = model_args(cfg, k)
-    model = build_model(margs["name"], **{key: v for key, v in margs.items() if key != "name"})
+    model = build_model(margs["name"], channels_last=cfg.model.channels_last,
+                        **{key: v for key, v in margs.items() if key != "name"})
     if cfg.weights:
         load_weights(model, cfg.weights)
     model.to(device)
