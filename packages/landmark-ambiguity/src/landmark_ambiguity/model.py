@@ -78,7 +78,7 @@ class StackedHourglass(nn.Module):
 
     ``channels_last`` (default): the input is laid out NHWC before the stem, so every convolution,
     BatchNorm and max-pool runs on channels-last tensors (on this project's CPU: the eval forward
-    pass 1.4x and a training step 1.2x faster than NCHW, same values up to float rounding); the
+    pass about 1.3x and a training epoch 1.2x faster than NCHW, same values up to float rounding); the
     returned heatmaps are contiguous NCHW either way. It changes no weight: state dicts are the same.
     """
 
