@@ -1,5 +1,7 @@
 """reproduce: the quick plumbing run writes the table (slow), and the mechanism ranks handle ties."""
 
+import json
+
 import pytest
 
 from dada.policy import SUBPOLICIES
@@ -36,3 +38,6 @@ def test_reproduce_quick_writes_the_table(tmp_path, monkeypatch):
     md = (tmp_path / "out" / "results.md").read_text()
     assert md.index("Why the mechanism check") < md.index("| setting |") and "synthetic" in md
     assert (tmp_path / "out" / "results.csv").is_file() and (tmp_path / "out" / "raw.json").is_file()
+    headline = json.loads((tmp_path / "out" / "results.json").read_text())["headline"]
+    for name in ("Invert", "Solarize", "above chance", "no augmentation", "random policy"):
+        assert name in headline

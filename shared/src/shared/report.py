@@ -227,7 +227,6 @@ def _headline(doc: dict[str, Any]) -> str:
                    if v in ("holds", "does not hold", "inconclusive") else 3)
     return (f"{sum(counts.values())} claim rows: " + ", ".join(f"{counts[v]} {v}" for v in order)
             + " (no headline written; see the package's results)")
-    return "; ".join(parts)
 
 
 def results_block(report_dir: str | os.PathLike, link: str) -> str:
