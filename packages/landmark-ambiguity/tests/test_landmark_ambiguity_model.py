@@ -120,11 +120,67 @@ def test_hourglass_supervises_every_stack_and_feeds_heatmaps_forward():
     torch.testing.assert_close(a[0] + 1.0, b[0])
 
 
+def _reference_hourglass(m, x):
+    """A functional stacked hourglass (eval mode) written from Newell et al.'s description, reading the
+    module's parameters by name: stem, recursive hourglasses of pre-activation bottlenecks, per-stack
+    heads, and the next stack's input ``x + merge_features(feat) + merge_heatmaps(heatmaps)``."""
+    p = dict(m.named_parameters()) | dict(m.named_buffers())
+
+    def conv(name, t, stride=1):
+        w = p[name + ".weight"]
+        return F.conv2d(t, w, p.get(name + ".bias"), stride, w.shape[-1] // 2)
+
+    def bn(name, t):
+        return F.batch_norm(t, p[name + ".running_mean"], p[name + ".running_var"], p[name + ".weight"],
+                            p[name + ".bias"], False, 0.0, 1e-5)
+
+    def residual(name, t):
+        h = conv(f"{name}.body.2", F.relu(bn(f"{name}.body.0", t)))
+        h = conv(f"{name}.body.5", F.relu(bn(f"{name}.body.3", h)))
+        h = conv(f"{name}.body.8", F.relu(bn(f"{name}.body.6", h)))
+        return h + (conv(f"{name}.skip", t) if f"{name}.skip.weight" in p else t)
+
+    def hourglass(name, t, depth):
+        low = residual(f"{name}.low1", F.max_pool2d(t, 2))
+        low = hourglass(f"{name}.low2", low, depth - 1) if depth > 1 else residual(f"{name}.low2", low)
+        low = residual(f"{name}.low3", low)
+        return residual(f"{name}.up1", t) + low.repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+    t = F.max_pool2d(F.relu(bn("stem.1", conv("stem.0", x, 2))), 2)
+    t = residual("stem.5", residual("stem.4", t))
+    outs = []
+    for i in range(m.num_stacks):
+        feat = F.relu(bn(f"features.{i}.2", conv(f"features.{i}.1", residual(f"features.{i}.0",
+                                                                            hourglass(f"hourglasses.{i}", t, 2)))))
+        hm = conv(f"heads.{i}", feat)
+        outs.append(hm)
+        if i < m.num_stacks - 1:
+            t = t + conv(f"merge_features.{i}", feat) + conv(f"merge_heatmaps.{i}", hm)
+    return outs
+
+
+def test_hourglass_equals_an_independent_functional_reference():
+    torch.manual_seed(3)
+    m = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, channels_last=False).double()
+    for mod in m.modules():  # non-trivial BatchNorm statistics and affine parameters
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5), torch.nn.init.uniform_(mod.bias, -0.3, 0.3)
+    m.eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ref = _reference_hourglass(m, x)
+        for cl in (False, True):
+            m.channels_last = cl
+            for a, b in zip(m(x), ref, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_channels_last_is_a_layout_only(train):
     """model.channels_last changes the memory layout, not the function: same state dict, same heatmaps (eval)
     and same gradients (train mode) as NCHW up to float rounding; the convolutions really see NHWC inputs and
-    the returned heatmaps are contiguous NCHW."""
+    the returned heatmaps keep the channels-last layout (no NCHW copy)."""
     torch.manual_seed(0)
     nchw = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, channels_last=False)
     nhwc = build_model("hg2_w32", num_landmarks=5, width=8, depth=2)
@@ -137,7 +193,7 @@ def test_channels_last_is_a_layout_only(train):
     a, b = nchw(x), nhwc(x)
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
     for ya, yb in zip(a, b):
-        assert yb.is_contiguous()
+        assert ya.is_contiguous() and yb.is_contiguous(memory_format=torch.channels_last) and not yb.is_contiguous()
         torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
     if train:
         sum(y.square().sum() for y in a).backward()

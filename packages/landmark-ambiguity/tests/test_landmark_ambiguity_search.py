@@ -219,6 +219,48 @@ def test_chunks_and_blocks_give_the_same_labels_as_one_pass(monkeypatch):
         torch.testing.assert_close(part[1], whole[1], rtol=1e-6, atol=1e-5)
 
 
+def test_reused_buffers_carry_nothing_from_block_to_block(monkeypatch):
+    """The row-wise path reuses its buffers from block to block: with every fresh buffer filled with
+    NaN (what an uninitialised buffer may hold) and blocks of several sizes (reallocation at the short
+    last chunk), labels and costs still equal the fine-grid path's, which keeps no buffers; windows
+    reach over the border (the padded copy's zero border) and heatmaps have negative values."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else 1)
+
+    torch.manual_seed(13)
+    hm = (torch.rand(7, 5, 16, 16, dtype=torch.float64) ** 3 - 0.1)
+    obs = torch.rand(7, 5, 2, dtype=torch.float64) * 22 - 3
+    cfg = SearchConfig(chunk=3)
+    ref = latent_search(hm, obs, cfg, return_cost=True, impl="fine")
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    for block in (4, 7, 512):
+        monkeypatch.setattr(search_mod, "BLOCK", block)
+        y, cost = latent_search(hm, obs, cfg, return_cost=True)
+        torch.testing.assert_close(cost, ref[1], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(y, ref[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["auto", "fine"])
+def test_channels_last_and_float32_heatmaps_are_read_as_they_are(impl):
+    """A channels-last network returns (N, K, H, W) heatmaps with NHWC strides, and the search may run in
+    float64 on float32 maps: the one copy the search makes reads any layout and dtype, same labels and costs."""
+    torch.manual_seed(14)
+    hm = torch.rand(6, 5, 16, 16) ** 3
+    obs = torch.rand(6, 5, 2, dtype=torch.float64) * 14
+    nhwc = hm.contiguous(memory_format=torch.channels_last)
+    assert not nhwc.is_contiguous()
+    cfg = SearchConfig(chunk=4)
+    y, cost = latent_search(hm.double(), obs, cfg, return_cost=True, impl=impl)
+    y1, cost1 = latent_search(nhwc.double(), obs, cfg, return_cost=True, impl=impl)
+    torch.testing.assert_close(y1, y, rtol=0, atol=0)
+    torch.testing.assert_close(cost1, cost, rtol=0, atol=0)
+    torch.testing.assert_close(latent_search(nhwc, obs.float(), cfg, impl=impl),
+                               latent_search(hm, obs.float(), cfg, impl=impl), rtol=0, atol=0)
+
+
 def test_paper_size_window_on_64x64_maps_equals_the_reference():
     """The paper's 17x17 window (radius 8) on 64x64 heatmaps, including a landmark near the border."""
     torch.manual_seed(4)

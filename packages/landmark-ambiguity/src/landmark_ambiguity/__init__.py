@@ -2,7 +2,7 @@
 
 Public API:
     build_model, list_models, build_ghcu        stacked hourglass registry and the GHCU
-    SearchConfig, latent_search, chi2_distance  the latent ground-truth search (E-step)
+    SearchConfig, latent_search, chi2_distance  the latent ground-truth search (E-step; Workspace: its buffers)
     gaussian_heatmaps, decode                   heatmap targets and decoding
     AmbiguityConfig, simulate_annotations       the semantic-ambiguity (annotator) simulator
     nme, auc, failure_rate, ced                 metrics (see landmark_ambiguity.metrics)
@@ -15,7 +15,7 @@ from .data import read_300vw, read_300w, read_aflw, read_pts, write_pts
 from .heatmaps import decode, gaussian_heatmaps, to_heatmap, to_image
 from .metrics import auc, ced, failure_rate, nme
 from .model import GHCU, StackedHourglass, build_ghcu, build_model, list_models
-from .search import SearchConfig, chi2_distance, expected_patch, latent_search
+from .search import SearchConfig, Workspace, chi2_distance, expected_patch, latent_search
 
 
 def fit(cfg, out_dir):

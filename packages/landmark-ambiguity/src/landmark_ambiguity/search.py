@@ -14,9 +14,11 @@ The annotation ``o^k`` is a noisy observation of a latent, semantically consiste
 
 Vectorisation: with ``P = M / S``, ``S = sum_patch M``, Pearson's chi2 is
 ``sum M^2 / E / S^2 - 1`` (>= 0 by Cauchy-Schwarz since ``sum E = 1``), so only two patch sums per
-candidate are needed. Landmarks are processed about ``BLOCK`` at a time (a cache-sized block; ``chunk``
-images bound the memory). When ``1/E`` is separable (the floor inactive: the default) the heatmap is
-interpolated along x only, on the integer rows the patches touch, and the bilinear interpolation
+candidate are needed. Landmarks are processed in blocks of whole images, about ``BLOCK`` landmarks
+at a time (a cache-sized block whose buffers are reused, see :class:`Workspace`; ``chunk`` images
+bound the memory); the heatmaps may come in any layout (a channels-last network's output is read
+as it is, in the one copy the search makes). When ``1/E`` is separable (the floor inactive: the
+default) the heatmap is interpolated along x only, on the integer rows the patches touch, and the bilinear interpolation
 along y is folded into three row sums (of ``X``, ``X^2 / E`` and ``X[k] X[k+1] / E``) combined with
 weights ``1-b``, ``b`` and ``(1-b)^2``, ``2b(1-b)``, ``b^2``; the sums along x and along the rows
 are products with banded matrices. Otherwise (floored ``E``) one ``grid_sample`` samples each heatmap on the full fine
@@ -37,14 +39,36 @@ import torch
 import torch.nn.functional as F
 
 
-BLOCK = 512  # landmarks searched at once inside a chunk (fastest on a 2-core CPU; results do not depend on it)
+BLOCK = 512  # about this many landmarks (whole images) searched at once (fastest on a 2-core CPU; same results)
 
 
 def _blocks(n: int, block: int) -> range:
     """Start indices of ``max(1, n // block)`` equal blocks covering ``range(n)`` (each under 2 ``block``):
-    no short tail block (a chunk of 64 faces x 68 landmarks is 8 blocks of 544, not 8 x 512 + 256)."""
+    no short tail block (a chunk of 64 faces of 68 landmarks, 8 faces per block at BLOCK 512, is 8 blocks of 8
+    faces, 544 landmarks each)."""
     size = max(1, -(-n // max(1, n // block)))
     return range(0, n, size)
+
+
+class Workspace:
+    """Buffers of the row-wise search reused from block to block (blocks have equal sizes) and, when
+    passed to :func:`latent_search`, from call to call (the chunks of one search pass): the search's
+    intermediates are about 1 MB each, and on a CPU a fresh buffer of that size can cost more in
+    first-touch page faults than the arithmetic written into it. Holds no results between calls."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero: bool = False,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A buffer ``name`` of ``shape`` (``dtype`` or that of ``like``, on its device); contents
+        undefined unless ``zero`` (zeroed when allocated only: callers keep its zero parts zero)."""
+        dtype = dtype or like.dtype
+        t = self._bufs.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != like.device:
+            t = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=like.device)
+            self._bufs[name] = t
+        return t
 
 
 @dataclass(frozen=True)
@@ -123,18 +147,22 @@ class _Plan:
         self.lam, self.blank_cost = cfg.lam, cfg.blank_cost
 
 
-def _search_chunk(heatmaps: torch.Tensor, obs: torch.Tensor, plan: _Plan, sums) -> tuple[torch.Tensor, torch.Tensor]:
-    """One block: heatmaps (B, H, W) and observations (B, 2) -> searched points (B, 2) and costs (B, T, T)."""
+def _search_chunk(heatmaps: torch.Tensor, obs: torch.Tensor, plan: _Plan, sums, ws: Workspace,
+                  keep_cost: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One block: B heatmaps (..., H, W) (e.g. images x K, any layout) and observations (B, 2) ->
+    searched points (B, 2) and, with ``keep_cost``, the costs (B, T, T) (else None: the cost lives in
+    a reused buffer)."""
     finite = torch.isfinite(obs).all(-1)
     o = torch.where(finite[:, None], obs, torch.zeros_like(obs))
-    s, q = sums(heatmaps, o, plan)
+    s, q = sums(heatmaps, o, plan, ws)
     # cost = prior + lam chi, chi = Q / S^2 - 1 (>= 0), blank_cost where the patch holds no mass (in place)
-    cost = q.div_(s.clamp_min(1e-12).square_()).sub_(1).clamp_min_(0).masked_fill_(s <= 1e-8, plan.blank_cost)
+    blank = torch.le(s, 1e-8, out=ws.get("blank", s.shape, s, dtype=torch.bool))
+    cost = q.div_(s.clamp_min_(1e-12).square_()).sub_(1).clamp_min_(0).masked_fill_(blank, plan.blank_cost)
     cost = cost.mul_(plan.lam).add_(plan.prior)  # (B, T, T): [dy index, dx index]
     best = cost.flatten(1).argmin(-1)
     n_out = plan.n_out
     y = o + torch.stack([plan.off[best % n_out], plan.off[best // n_out]], -1)
-    return torch.where(finite[:, None], y, obs), cost
+    return torch.where(finite[:, None], y, obs), (cost.clone() if keep_cost else None)
 
 
 def _band(n_in: int, n_out: int, w: torch.Tensor, step: int) -> torch.Tensor:
@@ -146,7 +174,8 @@ def _band(n_in: int, n_out: int, w: torch.Tensor, step: int) -> torch.Tensor:
     return m
 
 
-def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan,
+                     ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``S`` and ``Q`` for every candidate (B, T, T), separable ``1/E``: the heatmap is interpolated
     only along x (at the fine positions ``o_x + m/u``), on the integer rows the patches touch. Along y a
     candidate at ``k + b`` (integer row ``k``, fraction ``b``) samples ``(1-b) X[k+d] + b X[k+d+1]``,
@@ -156,52 +185,65 @@ def _patch_sums_rows(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
     intermediates about ``(2 r + 2) / (2 r u + 1)`` the fine grid's size. The samples are laid out
     (rows, B, x) so that both patch sums are plain matrix products with banded matrices: along x
     (dilated by ``u`` on the fine axis) for all rows and landmarks at once, then along the rows."""
-    b, h, w = heatmaps.shape
+    (h, w), b = heatmaps.shape[-2:], len(o)
+    ws = ws or Workspace()
     u, r, n_out, ju = plan.u, plan.r, plan.n_out, plan.ju
     kmin, nk, rows, lf = plan.kmin, plan.nk, plan.rows, len(plan.fine)
-    dt = heatmaps.dtype
+    dt = o.dtype
     pad = 1  # a zero border: every index beyond the map is clamped onto it (reads 0, as the fine grid does)
-    hp = F.pad(heatmaps, (pad, pad, pad, pad)).clamp_min_(0)  # Phi clamps negative heatmap values to 0
     size_y, size_x = h + 2 * pad, w + 2 * pad
+    # one copy into a zero-bordered buffer, in o's dtype, from any layout (e.g. channels-last heatmaps)
+    hp = ws.get("padded", (*heatmaps.shape[:-2], size_y, size_x), o, zero=True)  # the border stays 0
+    hp[..., pad:pad + h, pad:pad + w].copy_(heatmaps).clamp_min_(0)  # Phi clamps negative heatmap values to 0
     base = torch.arange(b)
     fl = o.floor()
     # the integer rows floor(o_y) + kmin - r + i (i < rows) of every landmark, laid out (rows, B, Wp)
     ri = (fl[:, 1:2] + (kmin - r + pad) + torch.arange(rows, dtype=dt)).clamp(0, size_y - 1).long()
-    sel = hp.reshape(b * size_y, size_x).index_select(0, (ri + base[:, None] * size_y).T.flatten())
+    sel = torch.index_select(hp.view(b * size_y, size_x), 0, (ri + base[:, None] * size_y).T.flatten(),
+                             out=ws.get("rows", (rows * b, size_x), hp))
     # x-fine positions o_x + m/u (|m| <= ju + u r) lie between columns c_m and c_m + 1 = c_{m+u}:
     # one gather of the columns c_m for m up to ju + u r + u
     xg = o[:, 0:1] + pad + torch.arange(-(ju + u * r), ju + u * r + u + 1, dtype=dt) / u  # (B, Lf + u)
     cg = xg.floor()
     a = xg[:, :lf] - cg[:, :lf]
     cg = cg.clamp(0, size_x - 1).long()
-    g = torch.gather(sel.view(rows, b, size_x), 2, cg.expand(rows, b, lf + u))
-    x = torch.lerp(g[..., :lf], g[..., u:], a)  # (rows, B, Lf): bilinear along x
+    g = torch.gather(sel.view(rows, b, size_x), 2, cg.expand(rows, b, lf + u),
+                     out=ws.get("g", (rows, b, lf + u), hp))
+    x = torch.lerp(g[..., :lf], g[..., u:], a, out=ws.get("x", (rows, b, lf), hp))  # (rows, B, Lf): along x
     # X^2 and X[k] X[k+1] (the last row of the product is never read by a used sum: zero)
-    sq = x.new_empty(2, rows, b, lf)
+    sq = ws.get("sq", (2, rows, b, lf), hp, zero=True)
     torch.mul(x, x, out=sq[0])
     torch.mul(x[:-1], x[1:], out=sq[1, :-1])
-    sq[1, -1].zero_()
     # patch sums along x (one GEMM each), then along the rows (rows -> k = kmin..kmax+1)
-    us = torch.mm(plan.ky1, torch.mm(x.view(rows * b, lf), plan.kx1.T).view(rows, b * n_out))
-    t0, t1 = torch.matmul(plan.kyw, torch.mm(sq.view(2 * rows * b, lf), plan.kxw.T).view(2, rows, b * n_out))
+    ux = torch.mm(x.view(rows * b, lf), plan.kx1.T, out=ws.get("ux", (rows * b, n_out), hp))
+    us = torch.mm(plan.ky1, ux.view(rows, b * n_out), out=ws.get("us", (nk + 1, b * n_out), hp))
+    tx = torch.mm(sq.view(2 * rows * b, lf), plan.kxw.T, out=ws.get("tx", (2 * rows * b, n_out), hp))
+    t01 = torch.bmm(plan.kyw.expand(2, nk + 1, rows), tx.view(2, rows, b * n_out),
+                    out=ws.get("t01", (2, nk + 1, b * n_out), hp))
+    t0, t1 = t01
     # each candidate row o_y + j/u = floor(o_y) + k_j + b_j
     yj = (o[:, 1:2] - fl[:, 1:2]) + plan.off  # (B, T)
     kj = yj.floor()
     bj = (yj - kj)[:, :, None]
     kj = ((kj.long() - kmin).clamp(0, nk - 1) * b + base[:, None]).flatten()  # rows of the (nk + 1) B sums
+
+    def at(name, t, k):  # the rows k of a ((nk + 1) B, T) sum, as (B, T, T)
+        return torch.index_select(t.view((nk + 1) * b, n_out), 0, k,
+                                  out=ws.get(name, (b * n_out, n_out), hp)).view(b, n_out, n_out)
+
     k1 = kj + b
-    at = lambda t, k: t.reshape((nk + 1) * b, n_out).index_select(0, k).view(b, n_out, n_out)  # noqa: E731
     cb = 1 - bj
-    s = torch.lerp(at(us, kj), at(us, k1), bj)
-    q = at(t0, kj).mul_(cb * cb).addcmul_(at(t1, kj), 2 * bj * cb).addcmul_(at(t0, k1), bj * bj)
+    s = torch.lerp(at("s0", us, kj), at("s1", us, k1), bj, out=ws.get("s", (b, n_out, n_out), hp))
+    q = at("q", t0, kj).mul_(cb * cb).addcmul_(at("q1", t1, kj), 2 * bj * cb).addcmul_(at("q2", t0, k1), bj * bj)
     return s, q
 
 
-def _patch_sums_fine(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+def _patch_sums_fine(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan,
+                     ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``S`` and ``Q`` for every candidate (B, T, T) on the full fine grid (any ``E``, floored or not)."""
-    b, h, w = heatmaps.shape
+    (h, w), b = heatmaps.shape[-2:], len(o)
     u, n_out = plan.u, plan.n_out
-    heatmaps = heatmaps.clamp_min(0)  # Phi clamps negative heatmap values to 0
+    heatmaps = heatmaps.reshape(b, h, w).to(o.dtype).clamp_min(0)  # Phi clamps negative heatmap values to 0
     # bilinear samples of every heatmap on its own fine grid o + m/u (zero beyond the border):
     # grid_sample with align_corners=True maps -1 / +1 to the centres of the first / last cell
     gx = (o[:, 0, None] + plan.fine) * (2.0 / max(w - 1, 1)) - 1.0  # (B, Lf)
@@ -222,7 +264,7 @@ def _patch_sums_fine(heatmaps: torch.Tensor, o: torch.Tensor, plan: _Plan) -> tu
 
 @torch.no_grad()
 def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: SearchConfig = SearchConfig(),
-                  return_cost: bool = False, impl: str = "auto"):
+                  return_cost: bool = False, impl: str = "auto", workspace: Workspace | None = None):
     """Search the latent landmarks: heatmaps (N, K, H, W), observations (N, K, 2) heatmap coords ->
     (N, K, 2). Candidates are ``o + (i, j) / subpixel`` with ``|i|, |j| <= window_radius * subpixel``
     (a square window centred exactly on the observation, so ``y = o`` is always a candidate).
@@ -238,6 +280,9 @@ def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: Searc
     ``impl``: ``"auto"`` (default) sums the patches row-wise (:func:`_patch_sums_rows`, the faster way)
     whenever ``1/E`` is separable, else on the fine grid; ``"fine"`` always uses the fine grid (the
     reference the row-wise sums are tested against). Both give the same labels.
+
+    ``workspace``: a :class:`Workspace` whose buffers are reused (pass one to every call of a search
+    pass that runs chunk by chunk); a new one per call when None. Results do not depend on it.
     """
     if impl not in ("auto", "fine"):
         raise ValueError(f"latent_search: impl={impl!r}; use 'auto' or 'fine'.")
@@ -248,14 +293,16 @@ def latent_search(heatmaps: torch.Tensor, observations: torch.Tensor, cfg: Searc
     dt = heatmaps.dtype if heatmaps.is_floating_point() else torch.float32
     plan = _Plan(cfg, dt)
     sums = _patch_sums_rows if plan.separable and impl == "auto" else _patch_sums_fine
-    out, costs = [], []
+    out, costs, ws = [], [], workspace or Workspace()
+    per = max(1, round(BLOCK / max(k, 1)))  # whole images per block: about BLOCK landmarks
     for i in range(0, n, cfg.chunk):
-        hm = heatmaps[i:i + cfg.chunk].detach().to(dt)  # each sums function clamps its own copy at 0
+        hm = heatmaps[i:i + cfg.chunk].detach()  # any layout and dtype: the sums copy (and clamp) it
         b = len(hm)
-        hm, ob = hm.reshape(b * k, h, w), observations[i:i + cfg.chunk].to(dt).reshape(b * k, 2)
-        # landmarks in blocks of about BLOCK: the vectorised intermediates stay cache-sized
-        blocks = _blocks(b * k, BLOCK)
-        parts = [_search_chunk(hm[j:j + blocks.step], ob[j:j + blocks.step], plan, sums) for j in blocks]
+        ob = observations[i:i + cfg.chunk].to(dt).reshape(b * k, 2)
+        # blocks of whole images, about BLOCK landmarks each: the vectorised intermediates stay cache-sized
+        blocks = _blocks(b, per)
+        parts = [_search_chunk(hm[j:j + blocks.step], ob[j * k:(j + blocks.step) * k], plan, sums, ws, return_cost)
+                 for j in blocks]
         out.append(torch.cat([p[0] for p in parts]).reshape(b, k, 2))
         if return_cost:
             costs.append(torch.cat([p[1] for p in parts]).reshape(b, k, plan.n_out, plan.n_out))

@@ -33,7 +33,7 @@ from .ambiguity import weak_mask
 from .data import KNOWN_SPLITS, build_data
 from .heatmaps import decode, from_unit, gaussian_heatmaps, heatmap_loss, to_heatmap, to_image, to_unit
 from .model import build_ghcu, build_model, list_models
-from .search import SearchConfig, latent_search
+from .search import SearchConfig, Workspace, latent_search
 
 log = logging.getLogger("landmark_ambiguity")
 
@@ -199,7 +199,7 @@ def predict_heatmaps(model, images: torch.Tensor, device, batch_size: int = 64) 
     model.eval()
     out = [model(_images(images[i:i + batch_size], device))[-1].float().cpu() for i in range(0, len(images), batch_size)]
     model.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
+    return (out[0] if len(out) == 1 else torch.cat(out)) if out else torch.zeros(0)
 
 
 @torch.no_grad()
@@ -219,11 +219,11 @@ def search_labels(model, images, labels, scfg: SearchConfig, stride: int, device
     set. Points without annotation (``annotated`` False) keep their label. Under DDP each rank searches
     its share of the images and every rank receives the whole result."""
     idx = _shard(len(images), dist)
-    parts = []
+    parts, ws = [], Workspace()  # the search's buffers serve every chunk
     for i in range(0, len(idx), scfg.chunk):
         j = idx[i:i + scfg.chunk]
         hm = predict_heatmaps(model, images[j], device, batch_size)
-        y = to_image(latent_search(hm, to_heatmap(labels[j], stride), scfg), stride)
+        y = to_image(latent_search(hm, to_heatmap(labels[j], stride), scfg, workspace=ws), stride)
         parts.append(y if annotated is None else torch.where(annotated[j, :, None], y, labels[j]))
     return _gather(torch.cat(parts) if parts else None, idx, len(images), dist)
 
