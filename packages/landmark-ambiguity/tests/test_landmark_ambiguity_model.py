@@ -176,6 +176,24 @@ def test_hourglass_equals_an_independent_functional_reference():
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("stacks", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_last_only_inference_equals_the_last_stack_of_the_full_forward(stacks, channels_last):
+    """``last_only`` folds each intermediate head into the next stack's merge (one 1x1 convolution): the
+    same last-stack heatmaps as the full forward pass (float64, every bias non-zero), and only those."""
+    torch.manual_seed(stacks)
+    m = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, num_stacks=stacks,
+                    channels_last=channels_last).double().eval()
+    with torch.no_grad():
+        for mod in [*m.heads, *m.merge_features, *m.merge_heatmaps]:
+            mod.bias.uniform_(-1, 1)
+        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        full, last = m(x), m(x, last_only=True)
+    assert len(full) == stacks and len(last) == 1
+    torch.testing.assert_close(last[0], full[-1], rtol=1e-10, atol=1e-10)
+    assert full[-1].abs().amax() > 0.1
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_channels_last_is_a_layout_only(train):
     """model.channels_last changes the memory layout, not the function: same state dict, same heatmaps (eval)

@@ -109,18 +109,35 @@ class StackedHourglass(nn.Module):
         self.merge_features = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(num_stacks - 1))
         self.merge_heatmaps = nn.ModuleList(nn.Conv2d(num_landmarks, width, 1) for _ in range(num_stacks - 1))
 
-    def forward(self, x) -> list[torch.Tensor]:
+    def forward(self, x, last_only: bool = False) -> list[torch.Tensor]:
+        """Per-stack heatmaps; ``last_only`` (inference): only ``[last stack's heatmaps]``, the same
+        function up to float rounding with the intermediate heads never evaluated. The next stack's input
+        ``x + merge_features(feat) + merge_heatmaps(head(feat))`` is linear in ``feat`` through three 1x1
+        convolutions, so it is one 1x1 convolution with ``W = W_f + W_m W_h``, ``b = b_f + W_m b_h + b_m``
+        (width -> width instead of width -> K -> width: the K-channel heatmaps are the largest tensors of
+        an eval pass)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         outs = []
         for i in range(self.num_stacks):
             feat = self.features[i](self.hourglasses[i](x))
-            hm = self.heads[i](feat)
-            outs.append(hm)
+            if i == self.num_stacks - 1 or not last_only:
+                hm = self.heads[i](feat)
+                outs.append(hm)
             if i < self.num_stacks - 1:
-                x = self.merge_features[i](feat).add_(x).add_(self.merge_heatmaps[i](hm))
+                if last_only:
+                    x = nn.functional.conv2d(feat, *self._merged(i)).add_(x)
+                else:
+                    x = self.merge_features[i](feat).add_(x).add_(self.merge_heatmaps[i](hm))
         return outs
+
+    def _merged(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of merge_features[i] + merge_heatmaps[i] o heads[i] (all 1x1 convolutions)."""
+        wf, wm, wh = (m.weight.flatten(1) for m in (self.merge_features[i], self.merge_heatmaps[i], self.heads[i]))
+        w = torch.addmm(wf, wm, wh)
+        b = self.merge_features[i].bias + self.merge_heatmaps[i].bias + wm @ self.heads[i].bias
+        return w[:, :, None, None], b
 
 
 @register_model("hg2_w32")

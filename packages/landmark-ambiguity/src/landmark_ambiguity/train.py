@@ -197,7 +197,8 @@ def predict_heatmaps(model, images: torch.Tensor, device, batch_size: int = 64) 
     model = unwrap(model)
     was = model.training
     model.eval()
-    out = [model(_images(images[i:i + batch_size], device))[-1].float().cpu() for i in range(0, len(images), batch_size)]
+    out = [model(_images(images[i:i + batch_size], device), last_only=True)[-1].float().cpu()
+           for i in range(0, len(images), batch_size)]
     model.train(was)
     return (out[0] if len(out) == 1 else torch.cat(out)) if out else torch.zeros(0)
 
