@@ -120,6 +120,15 @@ def test_hourglass_supervises_every_stack_and_feeds_heatmaps_forward():
     torch.testing.assert_close(a[0] + 1.0, b[0])
 
 
+def _randomise_batchnorms(m):
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BN is the identity in eval mode)."""
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5), mod.bias.uniform_(-0.3, 0.3)
+
+
 def _reference_hourglass(m, x):
     """A functional stacked hourglass (eval mode) written from Newell et al.'s description, reading the
     module's parameters by name: stem, recursive hourglasses of pre-activation bottlenecks, per-stack
@@ -162,10 +171,7 @@ def _reference_hourglass(m, x):
 def test_hourglass_equals_an_independent_functional_reference():
     torch.manual_seed(3)
     m = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, channels_last=False).double()
-    for mod in m.modules():  # non-trivial BatchNorm statistics and affine parameters
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2.0)
-            torch.nn.init.uniform_(mod.weight, 0.5, 1.5), torch.nn.init.uniform_(mod.bias, -0.3, 0.3)
+    _randomise_batchnorms(m)
     m.eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
@@ -179,11 +185,13 @@ def test_hourglass_equals_an_independent_functional_reference():
 @pytest.mark.parametrize("stacks", [1, 2, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_last_only_inference_equals_the_last_stack_of_the_full_forward(stacks, channels_last):
-    """``last_only`` folds each intermediate head into the next stack's merge (one 1x1 convolution): the
-    same last-stack heatmaps as the full forward pass (float64, every bias non-zero), and only those."""
+    """``last_only`` in eval mode without autograd folds each intermediate head into the next stack's merge
+    (one 1x1 convolution) and every BatchNorm that follows a convolution into it: the same last-stack heatmaps
+    as the full forward pass (float64; every bias and BatchNorm non-trivial), and only those."""
     torch.manual_seed(stacks)
     m = build_model("hg2_w32", num_landmarks=5, width=8, depth=2, num_stacks=stacks,
                     channels_last=channels_last).double().eval()
+    _randomise_batchnorms(m)
     with torch.no_grad():
         for mod in [*m.heads, *m.merge_features, *m.merge_heatmaps]:
             mod.bias.uniform_(-1, 1)
@@ -192,6 +200,63 @@ def test_last_only_inference_equals_the_last_stack_of_the_full_forward(stacks, c
     assert len(full) == stacks and len(last) == 1
     torch.testing.assert_close(last[0], full[-1], rtol=1e-10, atol=1e-10)
     assert full[-1].abs().amax() > 0.1
+
+
+def test_fold_of_a_biased_convolution_and_which_batchnorms_run_in_folded_inference():
+    """_fold: conv (with a bias) then eval BatchNorm as one convolution; and in ``last_only`` inference only the
+    pre-activation BatchNorms (on a block's input, not after a convolution) still run as modules."""
+    from landmark_ambiguity.model import _fold
+
+    torch.manual_seed(8)
+    conv, bn = torch.nn.Conv2d(3, 4, 3, padding=1).double(), torch.nn.BatchNorm2d(4).double()
+    m = torch.nn.Sequential(conv, bn)
+    _randomise_batchnorms(m)
+    m.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    w, b = _fold(conv, bn)
+    torch.testing.assert_close(F.conv2d(x, w, b, padding=1), m(x).detach(), rtol=1e-12, atol=1e-12)
+    model = build_model("hg2_w32", num_landmarks=5, width=8, depth=2).eval()
+    ran = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.register_forward_hook(lambda mod, i, o, name=name: ran.append(name))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32), last_only=True)
+    assert ran and all(name.endswith("body.0") for name in ran)
+    ran.clear()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert any(name.endswith("body.3") for name in ran) and "stem.1" in ran
+
+
+def test_folded_batchnorms_follow_every_update_of_the_model():
+    """The folded weights are cached: after an optimizer step (weights and BatchNorm statistics change in
+    place) and after loading another state dict, ``last_only`` inference still equals the full forward pass;
+    with autograd on, ``last_only`` runs the unfolded modules and gradients reach the BatchNorms."""
+    torch.manual_seed(7)
+    m = build_model("hg2_w32", num_landmarks=5, width=8, depth=2).double()
+    _randomise_batchnorms(m)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    def check():
+        m.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(m(x, last_only=True)[0], m(x)[-1], rtol=1e-10, atol=1e-10)
+
+    check()
+    m.train()
+    sum(y.square().mean() for y in m(x)).backward()  # train mode: BN statistics move too
+    opt.step()
+    check()
+    other = build_model("hg2_w32", num_landmarks=5, width=8, depth=2).double()
+    _randomise_batchnorms(other)
+    m.load_state_dict(other.state_dict())
+    check()
+    m.eval()
+    m.zero_grad()
+    m(x, last_only=True)[0].square().sum().backward()
+    assert m.stem[1].weight.grad is not None and m.stem[1].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("train", [False, True])

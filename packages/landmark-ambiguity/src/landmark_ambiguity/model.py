@@ -37,6 +37,26 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return _MODELS[name](**kwargs)
 
 
+def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` with ``bn`` in eval mode (running statistics) as one
+    convolution. Computed without autograd and cached on ``conv`` until one of the six tensors changes
+    (an optimizer step, a loaded state dict or a new device or dtype changes a version or an address)."""
+    ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in ts) + (bn.eps,)
+    cached = conv.__dict__.get("_folded")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+            cached = key, (conv.weight * scale.view(-1, 1, 1, 1), torch.addcmul(bn.bias, shift, scale))
+        conv.__dict__["_folded"] = cached
+    return cached[1]
+
+
 class Residual(nn.Module):
     """Pre-activation bottleneck residual block (BN-ReLU-conv x3), 1x1 projection when widths differ."""
 
@@ -49,8 +69,15 @@ class Residual(nn.Module):
             nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1))
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
-    def forward(self, x):
-        return self.body(x).add_(self.skip(x))  # in place on the conv's fresh output (its backward does not read it)
+    def forward(self, x, folded: bool = False):
+        """``folded`` (inference, eval mode, no autograd): the BatchNorms that follow a convolution are
+        folded into it (:func:`_fold`); the pre-activation BatchNorm of the input stays."""
+        if not folded:
+            return self.body(x).add_(self.skip(x))  # in place on the conv's fresh output (backward does not read it)
+        b = self.body
+        h = nn.functional.relu_(_conv(b[2], b[1](b[0](x)), *_fold(b[2], b[3])))
+        h = nn.functional.relu_(_conv(b[5], h, *_fold(b[5], b[6])))
+        return b[8](h).add_(self.skip(x))
 
 
 class Hourglass(nn.Module):
@@ -64,9 +91,9 @@ class Hourglass(nn.Module):
         self.low2 = Hourglass(depth - 1, width) if depth > 1 else Residual(width, width)
         self.low3 = Residual(width, width)
 
-    def forward(self, x):
-        low = self.low3(self.low2(self.low1(self.pool(x))))
-        return self.up1(x).add_(nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest"))
+    def forward(self, x, folded: bool = False):
+        low = self.low3(self.low2(self.low1(self.pool(x), folded), folded), folded)
+        return self.up1(x, folded).add_(nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest"))
 
 
 class StackedHourglass(nn.Module):
@@ -115,13 +142,22 @@ class StackedHourglass(nn.Module):
         ``x + merge_features(feat) + merge_heatmaps(head(feat))`` is linear in ``feat`` through three 1x1
         convolutions, so it is one 1x1 convolution with ``W = W_f + W_m W_h``, ``b = b_f + W_m b_h + b_m``
         (width -> width instead of width -> K -> width: the K-channel heatmaps are the largest tensors of
-        an eval pass)."""
+        an eval pass). In eval mode without autograd, ``last_only`` also folds every BatchNorm that follows
+        a convolution into it (:func:`_fold`; weights cached until the model changes). Training, and any
+        call with autograd on, runs the modules as they are."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem(x)
+        # inference without autograd: BatchNorms after convolutions folded into them (same function)
+        folded = last_only and not self.training and not torch.is_grad_enabled()
+        x = self._stem(x) if folded else self.stem(x)
         outs = []
         for i in range(self.num_stacks):
-            feat = self.features[i](self.hourglasses[i](x))
+            if folded:
+                f = self.features[i]
+                feat = f[0](self.hourglasses[i](x, True), True)
+                feat = nn.functional.relu_(_conv(f[1], feat, *_fold(f[1], f[2])))
+            else:
+                feat = self.features[i](self.hourglasses[i](x))
             if i == self.num_stacks - 1 or not last_only:
                 hm = self.heads[i](feat)
                 outs.append(hm)
@@ -131,6 +167,13 @@ class StackedHourglass(nn.Module):
                 else:
                     x = self.merge_features[i](feat).add_(x).add_(self.merge_heatmaps[i](hm))
         return outs
+
+    def _stem(self, x):
+        """The stem with its BatchNorm folded into the 7x7 convolution (inference)."""
+        x = nn.functional.relu_(_conv(self.stem[0], x, *_fold(self.stem[0], self.stem[1])))
+        for m in self.stem[3:]:
+            x = m(x, True) if isinstance(m, Residual) else m(x)
+        return x
 
     def _merged(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of merge_features[i] + merge_heatmaps[i] o heads[i] (all 1x1 convolutions)."""
