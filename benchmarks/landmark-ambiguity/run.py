@@ -143,10 +143,11 @@ def main(argv=None) -> None:
         Section("Search pass vs one training epoch",
                 text=(f"Embedded default: hg2_w32, 64 px faces, 16x16 heatmaps, {args.n} training faces, search window "
                       f"+-2 heatmap px at 1/4 px steps (17x17 candidates), 7x7 patches, search.chunk {cfg.chunk} images, "
-                      f"blocks of {search_mod.BLOCK} landmarks, {args.threads} torch threads, channels-last "
+                      f"blocks of about {search_mod.BLOCK} landmarks (whole faces), {args.threads} torch threads, channels-last "
                       f"activations (model.channels_last, the default; the NCHW rows run the same weights with "
                       f"model.channels_last=false). "
-                      f"Goal: a search pass (the eval forward pass that produces the heatmaps plus the window search) "
+                      f"Goal: a search pass (the eval forward pass that produces the heatmaps: last stack only, "
+                      f"BatchNorms folded, see model.StackedHourglass.forward; plus the window search) "
                       f"costs at most {GOAL}x of a training epoch."),
                 table=timing_table(timings, base),
                 after=(f"Search pass / epoch: **{passr.ratio_median:.3f}x** (IQR {passr.ratio_iqr[0]:.3f}-"

@@ -105,7 +105,7 @@ class StackedHourglass(nn.Module):
 
     ``channels_last`` (default): the input is laid out NHWC before the stem, so every convolution,
     BatchNorm and max-pool runs on channels-last tensors (on this project's CPU: the eval forward
-    pass about 1.3x and a training epoch 1.2x faster than NCHW, same values up to float rounding). The
+    pass about 1.4x and a training epoch 1.2x faster than NCHW, same values up to float rounding). The
     returned heatmaps keep the layout (shape ``(N, K, H, W)``, strides channels-last, as torchvision's
     channels-last models return theirs): the loss, the decoder, the GHCU and the search read any layout,
     and an NCHW copy per stack would cost about a tenth of the eval forward pass. It changes no weight:
