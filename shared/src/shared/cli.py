@@ -104,18 +104,29 @@ def hydra_main(config_name: str = "train", config_path: str = "conf") -> Callabl
     """``@hydra.main(version_base="1.3", ...)`` with user errors reported as one line (exit status 2).
 
     The task is guarded inside Hydra (a user error raised by ``fit()`` exits before Hydra prints its own
-    "Error executing job" report) and outside it (Hydra's config-composition errors)."""
+    "Error executing job" report) and outside it (Hydra's config-composition errors).
+
+    Under torchrun the process group the task started is destroyed when the task ends, after a barrier
+    when it ended normally: left to interpreter shutdown, gloo's worker threads can be torn down in any
+    order and abort a rank that has finished its work ("terminate called without an active exception")."""
     import hydra
+
+    from shared.runtime.dist import cleanup_distributed
 
     def decorate(task: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(task)
         def guarded(cfg: Any) -> Any:
+            done = False
             try:
-                return task(cfg)
+                out = task(cfg)
+                done = True
+                return out
             except UserError as exc:
                 if _debug():
                     raise
                 _report(exc)
+            finally:
+                cleanup_distributed(barrier=done)  # no barrier after an error: the other ranks may be gone
 
         return entry(hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(guarded))
 

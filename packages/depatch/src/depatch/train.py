@@ -30,7 +30,6 @@ from shared.metrics import topk_accuracy
 from shared.runtime import (
     Progress,
     barrier,
-    cleanup_distributed,
     epoch_loader,
     hydra_run_dir,
     make_generator,
@@ -446,10 +445,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        fit(cfg, hydra_run_dir())
-    finally:
-        cleanup_distributed()
+    fit(cfg, hydra_run_dir())
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from shared.errors import CheckpointError, ConfigError, check_choice, check_rang
 from shared.runtime import (
     Progress,
     all_gather_objects,
-    cleanup_distributed,
     epoch_loader,
     find_resume,
     hydra_run_dir,
@@ -532,10 +531,7 @@ def fit(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra_main(config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        fit(cfg, hydra_run_dir())
-    finally:
-        cleanup_distributed()
+    fit(cfg, hydra_run_dir())
 
 
 if __name__ == "__main__":

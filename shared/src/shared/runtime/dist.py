@@ -63,8 +63,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(barrier: bool = False) -> None:
+    """Destroy the default process group (if any), after a barrier with ``barrier=True`` (every rank
+    has finished its collectives before any rank closes its connections)."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
