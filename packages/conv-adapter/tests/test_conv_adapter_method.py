@@ -80,6 +80,31 @@ def test_adapter_forward_equals_the_formula_in_float64(act, fn):
     assert not torch.allclose(a(x), a.scale * nn.functional.conv2d(hidden, a.up.weight, a.up.bias))  # act matters
 
 
+def test_cpu_adapter_runs_channels_last_with_the_same_values_and_gradients():
+    """On the CPU the adapter lays its input out NHWC (its grouped convolution is several times faster so):
+    same output and gradients as NCHW in float64, the convolution really sees NHWC, and an adapted block
+    keeps its NCHW output."""
+    a = _randomise(ConvAdapter(16, 24, kernel_size=3, padding=1, reduction=4)).double()
+    seen = []
+    a.down.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    outs, grads = [], []
+    for layout in (None, False):
+        a.channels_last = layout
+        y = a(x)
+        gx, gw = torch.autograd.grad(y.square().sum(), (x, a.down.weight))
+        outs.append(y), grads.append((gx, gw))
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert seen[1].is_contiguous()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1, rtol=1e-12, atol=1e-12)
+    for placement in ("conv", "official"):
+        block = Bottleneck(32, 8)
+        inject_adapters(block, ConvAdapterConfig(target_modules="conv2", reduction=4, placement=placement))
+        assert block.double()(torch.randn(1, 32, 8, 8, dtype=torch.float64)).is_contiguous()
+
+
 def _adapted_pairs(model: nn.Module):
     """(name, adapted module) for every module that carries an adapter."""
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "conv_adapter")]
