@@ -73,38 +73,30 @@ def test_ddp_resume_restores_each_ranks_own_rng(tmp_path):
 def test_hydra_main_destroys_the_process_group_when_the_task_ends(tmp_path):
     """Every package's train entry point (shared.cli.hydra_main) tears down the process group the task
     started (after a barrier), so no rank leaves gloo's threads to interpreter shutdown."""
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "train.yaml").write_text(textwrap.dedent("""
-        defaults:
-          - runtime
-          - _self_
-        package: toy
-        hydra:
-          searchpath:
-            - pkg://shared.conf
-          run:
-            dir: ${oc.env:REPRO_RUNS,runs}/toy
-    """))
-    app = tmp_path / "app.py"
-    app.write_text(textwrap.dedent(f"""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    # the toy Hydra app of the foundation tests (pytest imports test files by path: load it the same way)
+    spec = importlib.util.spec_from_file_location("_foundation", Path(__file__).with_name("test_foundation.py"))
+    foundation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(foundation)
+    _app = foundation._app
+
+    app = _app(tmp_path, """
+        import torch
+        import torch.distributed as dist
+        from shared.runtime import all_reduce_sum
+        ctx = start_run(cfg, hydra_run_dir())
+        assert dist.is_initialized() and ctx.dist.world_size == 2
+        all_reduce_sum(torch.ones(1))
+    """)
+    app.write_text(app.read_text() + textwrap.dedent(f"""
         import os
         import torch.distributed as dist
-        from shared.cli import hydra_main
-        from shared.runtime import all_reduce_sum, hydra_run_dir, start_run
-        import torch
-
-        @hydra_main(config_name="train")
-        def main(cfg):
-            ctx = start_run(cfg, hydra_run_dir())
-            assert dist.is_initialized() and ctx.dist.world_size == 2
-            all_reduce_sum(torch.ones(1))
-
-        main()
         with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"]), "w") as f:
             f.write(str(dist.is_initialized()))
     """))
-    import os
-
     env = {**os.environ, "REPRO_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(app), "device=cpu"], capture_output=True, text=True, timeout=240, env=env)
